@@ -1,0 +1,36 @@
+"""Build script: the Python package, `kernels/` installed as `lark_fast.kernels`, and the C++ extension.
+
+Metadata lives in pyproject.toml; this file only carries what PEP 621 cannot express (package_dir
+mapping and the pybind11 extension `lark_fast._C`, compiled from csrc/ with OpenMP when available).
+"""
+from glob import glob
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext, has_flag
+from setuptools import setup
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if has_flag(self.compiler, "-fopenmp"):
+            for ext in self.extensions:
+                ext.extra_compile_args.append("-fopenmp")
+                ext.extra_link_args.append("-fopenmp")
+        super().build_extensions()
+
+
+ext_modules = [
+    Pybind11Extension(
+        "lark_fast._C",
+        sorted(glob("csrc/*.cpp")),
+        include_dirs=["csrc"],
+        cxx_std=17,
+        extra_compile_args=["-O3"],
+    )
+]
+
+setup(
+    packages=["lark_fast", "lark_fast.kernels", "lark_fast.kernels.lm_head_stats"],
+    package_dir={"lark_fast": "lark_fast", "lark_fast.kernels": "kernels"},
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": BuildExt},
+)
