@@ -4,9 +4,9 @@ from hidden states and the LM-head weight, without materialising logits.
 - ``naive.py``: full-logits reference (readable, O(N V) memory)
 - ``torch_chunked.py``: streaming torch path (CPU default)
 """
-from .common import MAX_TOPK, RANK_CLIP, LMHeadStats, SegmentSums, check_inputs, reduce_segments, segment_sums
+from .common import MAX_TOPK, RANK_CLIP, RANK_TIE, LMHeadStats, SegmentSums, check_inputs, reduce_segments, segment_sums
 from .naive import lm_head_stats_naive
 from .torch_chunked import lm_head_stats_torch
 
-__all__ = ["LMHeadStats", "SegmentSums", "MAX_TOPK", "RANK_CLIP", "check_inputs", "reduce_segments",
+__all__ = ["LMHeadStats", "SegmentSums", "MAX_TOPK", "RANK_CLIP", "RANK_TIE", "check_inputs", "reduce_segments",
            "segment_sums", "lm_head_stats_naive", "lm_head_stats_torch"]

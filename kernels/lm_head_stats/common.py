@@ -13,6 +13,7 @@ import torch
 
 MAX_TOPK = 64
 RANK_CLIP = 100  # RSR clips ranks at 100 (arXiv 2601.14249)
+RANK_TIE = 2.0 ** -20  # relative margin under which a logit ties with the target's (fp32 rounding)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from .common import LMHeadStats, transform_logits_
+from .common import RANK_TIE, LMHeadStats, transform_logits_
 
 
 def lm_head_stats_naive(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -31,14 +31,16 @@ def lm_head_stats_naive(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     p_y = p.gather(1, y[:, None])[:, 0]
     brier = (p * p).sum(1) - 2 * p_y + 1                  # ||p - e_y||^2
     entropy = (lse - (p * z).sum(1)).clamp(0, math.log(z.shape[1]))
-    rank = 1 + (z > zy[:, None]).sum(1)                   # strictly greater: ties favour y
+    above = zy + RANK_TIE * zy.abs().clamp(min=1)        # ties (up to fp32 rounding) favour y
+    rank = 1 + (z > above[:, None]).sum(1)
 
     brier_topk = None
     if topk:
-        vals, idx = z.topk(topk, dim=1)
-        pt = torch.softmax(vals, dim=1)                   # renormalised over the top K
-        in_top = (idx == y[:, None])
-        brier_topk = 1 - 2 * (pt * in_top).sum(1) + (pt * pt).sum(1)
+        vals = z.topk(topk, dim=1).values
+        lse_k = torch.logsumexp(vals, dim=1)              # softmax renormalised over the top K
+        pt = torch.exp(vals - lse_k[:, None])
+        pt_y = torch.exp(zy - lse_k) * (rank <= topk)     # y is in the top K iff rank <= K
+        brier_topk = 1 - 2 * pt_y + (pt * pt).sum(1)
 
     def out(x):
         return x.float().masked_fill(ignored, 0)

@@ -2,15 +2,20 @@
 
 No [N, V] tensor exists; the largest temporary is [token_block, vocab_block] fp32.
 Per token the pass keeps, against a running max m (initialised at the target logit z_y, so every
-update is finite):
-    s  = sum_v exp(z_v - m)                       -> lse = m + log s
-    s1 = sum_v exp(z_v - m) (z_v - m)             -> entropy = log s - s1 / s
-    s2 = sum_{v != y} exp(2 (z_v - m))            -> sum_{v != y} p_v^2 = s2 / s^2
-    gt = #{v : z_v > z_y}                         -> rank = 1 + gt
-and, with ``topk``, the running K largest logits (top-K compatibility Brier).
-When m grows to m', s and s2 rescale by a = exp(m - m') and a^2, and s1 -> a (s1 + (m - m') s).
+update is finite), sums over the non-target tokens v != y:
+    r  = sum_{v != y} exp(z_v - m)
+    r1 = sum_{v != y} exp(z_v - m) (z_v - m)
+    r2 = sum_{v != y} exp(2 (z_v - m))
+    gt = #{v : z_v > z_y}
+and, with ``topk``, the running K largest logits (top-K compatibility Brier). When m grows to m',
+r and r2 rescale by a = exp(m - m') and a^2, and r1 -> a (r1 + (m - m') r). At the end, with
+e_y = exp(z_y - m) and s = e_y + r:
+    lse = m + log s,  nll = log1p(r / e_y) (= lse - z_y without cancellation when p_y -> 1),
+    entropy = log s - (r1 + e_y (z_y - m)) / s,  brier = expm1(-nll)^2 + r2 / s^2,  rank = 1 + gt.
 z_y comes from a dot product with the target's row and replaces the GEMM's value in the target's
-column, so the target is counted exactly once and never compared with itself.
+column, so the target is never compared with itself. Ties favour y, and a tie is equality up to
+fp32 rounding: z_v counts as greater only above z_y + RANK_TIE * max(1, |z_y|), so that a token
+whose weight row duplicates the target's never outranks it whichever way its GEMM value rounded.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Optional
 
 import torch
 
-from .common import LMHeadStats, transform_logits_
+from .common import RANK_TIE, LMHeadStats, transform_logits_
 
 TEMP_BUDGET = 1 << 24  # elements of the [token_block, vocab_block] fp32 temporaries (64 MiB)
 
@@ -48,8 +53,9 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
             zy += bias[y].float()
         zy = transform_logits_(zy, logit_scale, softcap)
 
+        above = zy + RANK_TIE * zy.abs().clamp(min=1)  # z_v > above: strictly greater than z_y
         m = zy.clone()
-        s, s1, s2 = (torch.zeros(t1 - t0, **f32) for _ in range(3))
+        r, r1, r2 = (torch.zeros(t1 - t0, **f32) for _ in range(3))
         gt = torch.zeros(t1 - t0, dtype=torch.int64, device=dev)
         top = None
         rows = torch.arange(t1 - t0, device=dev)
@@ -60,9 +66,9 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
                 z += bias[v0:v1].float()
             transform_logits_(z, logit_scale, softcap)
             here = (y >= v0) & (y < v1)
-            r, c = rows[here], y[here] - v0
-            z[r, c] = zy[here]
-            gt += (z > zy[:, None]).sum(1)
+            ri, ci = rows[here], y[here] - v0
+            z[ri, ci] = zy[here]
+            gt += (z > above[:, None]).sum(1)
             if topk:
                 cand = z if top is None else torch.cat([top, z], 1)
                 top = cand.topk(min(topk, cand.shape[1]), dim=1).values
@@ -70,19 +76,21 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
             a = torch.exp(m - m_new)
             z -= m_new[:, None]
             e = torch.exp(z)
-            s1 = a * (s1 + (m - m_new) * s) + torch.einsum("ij,ij->i", e, z)
-            s = a * s + e.sum(1)
-            e[r, c] = 0
-            s2 = a * a * s2 + torch.einsum("ij,ij->i", e, e)
+            e[ri, ci] = 0  # the sums run over v != y
+            r1 = a * (r1 + (m - m_new) * r) + torch.einsum("ij,ij->i", e, z)
+            r = a * r + e.sum(1)
+            r2 = a * a * r2 + torch.einsum("ij,ij->i", e, e)
             m = m_new
 
+        d_y = zy - m  # <= 0
+        e_y = torch.exp(d_y)
+        s = e_y + r
         log_s = torch.log(s)
-        lse_b = m + log_s
-        nll_b = (lse_b - zy).clamp(min=0)
-        brier[t0:t1] = torch.expm1(-nll_b).square() + s2 / (s * s)   # (1 - p_y)^2 + sum_{v!=y} p_v^2
-        lse[t0:t1] = lse_b
+        nll_b = torch.where(d_y > -60, torch.log1p(r / e_y), log_s - d_y)
+        lse[t0:t1] = m + log_s
         nll[t0:t1] = nll_b
-        entropy[t0:t1] = (log_s - s1 / s).clamp(0, math.log(v))
+        brier[t0:t1] = torch.expm1(-nll_b).square() + r2 / (s * s)  # (1 - p_y)^2 + sum_{v!=y} p_v^2
+        entropy[t0:t1] = (log_s - (r1 + e_y * d_y) / s).clamp(0, math.log(v))
         rank_b = 1 + gt
         rank[t0:t1] = rank_b.to(torch.int32)
         if topk:

