@@ -30,7 +30,8 @@ def versions() -> dict:
             "numpy": numpy.__version__, "python": platform.python_version()}
 
 
-def report_issues(issues, out=sys.stderr) -> None:
+def report_issues(issues, out=None) -> None:
+    out = out or sys.stderr
     for issue in issues[:MAX_ISSUES_SHOWN]:
         print(f"  skipped {issue}", file=out)
     if len(issues) > MAX_ISSUES_SHOWN:

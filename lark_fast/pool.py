@@ -197,7 +197,7 @@ class PoolReader:
                     if not raw.strip():
                         continue
                     try:
-                        yield line, json.loads(raw.decode("utf-8"))
+                        yield line, json.loads(raw.decode("utf-8").rstrip("\r\n"))
                     except UnicodeDecodeError as e:
                         yield line, _Bad(None, f"not valid UTF-8 ({e.reason} at byte {e.start})")
                     except json.JSONDecodeError as e:

@@ -27,9 +27,9 @@ def trajectory_scores(n_tokens, nll_sum, brier_sum, entropy_sum, rank_clipped_su
         rho = np.where(L > L_FLOOR, brier / L, np.where(np.isnan(L), np.nan, 0.0))
         nll_sum = np.asarray(nll_sum, dtype=np.float64)
         rsr = np.where(n > 0, np.asarray(rank_clipped_sum, dtype=np.float64) / nll_sum, np.nan)
-    out = {"L": L, "brier": brier, "rho": rho, "entropy": mean(entropy_sum), "rsr": rsr}
-    if brier_topk_sum is not None:
-        out["brier_topk"] = mean(brier_topk_sum)
+        out = {"L": L, "brier": brier, "rho": rho, "entropy": mean(entropy_sum), "rsr": rsr}
+        if brier_topk_sum is not None:
+            out["brier_topk"] = mean(brier_topk_sum)
     return out
 
 
