@@ -19,6 +19,7 @@ TEMPLATE_ERROR = "template_error"        # the chat template raised
 TEMPLATE_MISMATCH = "template_mismatch"  # prompt ids are not a prefix of the full ids
 PROMPT_TOO_LONG = "prompt_too_long"      # the prompt alone reaches max_length
 NONFINITE = "nonfinite"                  # the student produced NaN/inf statistics
+OUT_OF_MEMORY = "out_of_memory"          # does not fit in memory even alone in its batch
 
 
 @dataclass

@@ -43,8 +43,8 @@ def summarize_scores(table) -> list:
     status = table["status"]
     ok = status == "ok"
     secs = table.info.get("seconds", 0.0)
-    toks = int(table["n_tokens"].sum())
-    lines = [f"scored {int(ok.sum())} of {len(table)} records read, {toks} tokens in {secs:.1f} s "
+    toks = table.info.get("scored_tokens_this_run", int(table["n_tokens"].sum()))
+    lines = [f"scored {int(ok.sum())} of {len(table)} records read; this run: {toks} tokens in {secs:.1f} s "
              f"({toks / max(secs, 1e-9):.0f} tokens/s)"]
     if table.issues:
         lines.append(f"skipped {len(table.issues)} bad records (see above)")
@@ -58,15 +58,34 @@ def summarize_scores(table) -> list:
 
 
 def cmd_score(args) -> int:
-    from .models import load_student
+    import shutil
+
+    from . import dist
+    from .models import load_student, resolve_device
     from .scorer import score
     from .table import table_format, write_json
 
     table_format(args.output)  # fail on a bad output name before loading anything
     template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
-    model, tokenizer = load_student(args.model, args.device, args.dtype)
+    shard = dist.shard_from_env()
+    device = resolve_device(args.device)
+    if shard.world > 1 and device == "cuda":
+        import torch
+        device = f"cuda:{shard.local_rank}"
+        torch.cuda.set_device(device)
+    dist.init(shard, device)
+    model, tokenizer = load_student(args.model, device, args.dtype)
+    run_dir = Path(str(args.output) + ".parts")
     table = score(model, tokenizer, args.input, max_length=args.max_length, batch_size=args.batch_size,
-                  topk=args.topk, on_error=args.on_error, chat_template=template, progress=not args.quiet)
+                  max_tokens_per_batch=args.max_tokens_per_batch, topk=args.topk, on_error=args.on_error,
+                  chat_template=template, progress=not args.quiet, packing="off" if args.no_packing else "auto",
+                  run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard)
+    if shard.rank != 0:
+        return 0
+    if table.info["records_resumed"]:
+        print(f"resumed: {table.info['records_resumed']} records were already scored in {run_dir}")
+    for msg in table.info["corrupt_parts_redone"]:
+        print(f"  {msg}", file=sys.stderr)
     report_issues(table.issues)
     table.write(args.output)
     written = [str(args.output)]
@@ -80,6 +99,8 @@ def cmd_score(args) -> int:
                      "info": table.info, "issues": [i.to_dict() for i in table.issues],
                      "status_counts": dict(collections.Counter(table["status"].tolist())),
                      "versions": versions()})
+    if not args.keep_parts:
+        shutil.rmtree(run_dir, ignore_errors=True)
     for line in summarize_scores(table):
         print(line)
     print("wrote " + ", ".join(written + [str(man)]))
@@ -145,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="truncate longer conversations (flagged); default: the model's context length")
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         sp.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-        sp.add_argument("--batch-size", type=int, default=8, help="conversations per forward pass (default 8)")
+        sp.add_argument("--max-tokens-per-batch", type=int, default=8192,
+                        help="tokens packed into one forward pass (default 8192; a longer conversation goes alone)")
+        sp.add_argument("--batch-size", type=int, default=None,
+                        help="at most this many conversations per forward pass (default: no limit when packing, "
+                             "8 for padded batches)")
 
     s = sub.add_parser("score", help="score every trajectory of a pool with the student")
     s.add_argument("--model", required=True, help="model directory, .gguf file, or installed package shipping one")
@@ -158,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("table", "lark-json"), default="table",
                    help="lark-json: also write <output>.lark.json in the published scorer's layout")
     s.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's")
+    s.add_argument("--checkpoint-every", type=int, default=2000,
+                   help="flush results to <output>.parts/ every N records (and every 2 minutes); a rerun resumes")
+    s.add_argument("--overwrite", action="store_true", help="discard parts of an earlier run instead of resuming")
+    s.add_argument("--keep-parts", action="store_true", help="keep <output>.parts/ after the final table is written")
+    s.add_argument("--no-packing", action="store_true", help="right-padded batches instead of packed rows")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
 
@@ -178,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CHAMP prompt settings, comma-separated; each gives one candidate per teacher")
     s.add_argument("--B", type=int, default=3)
     model_flags(s)
-    s.set_defaults(func=cmd_demo, max_length=1024, batch_size=4)
+    s.set_defaults(func=cmd_demo, max_length=1024)
     return p
 
 

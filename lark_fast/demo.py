@@ -70,7 +70,8 @@ def run_demo(args) -> int:
     n = write_jsonl(pool_path, champ_pool(args.problems, settings))
     print(f"pool: {n} trajectories for {args.problems} CHAMP problems ({', '.join(settings)}) -> {pool_path}")
     model, tokenizer = load_student(STUDENT_PACKAGE, args.device, args.dtype)
-    table = score(model, tokenizer, pool_path, max_length=args.max_length, batch_size=args.batch_size)
+    table = score(model, tokenizer, pool_path, max_length=args.max_length, batch_size=args.batch_size,
+                  max_tokens_per_batch=args.max_tokens_per_batch)
     table.write(out / "scores.parquet")
     for line in summarize_scores(table):
         print(line)

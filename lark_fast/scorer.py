@@ -10,19 +10,25 @@ instead of scoring wrong.
 from __future__ import annotations
 
 import contextlib
+import queue
+import threading
 import time
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import numpy as np
 import torch
 
-from . import chat, ops
+from . import attention, chat, ops
+from .checkpoint import COLUMNS, RunDirectory, concat
+from .dist import Shard
+from .dist import barrier as dist_barrier
+from .packing import pack_ffd, packed_row
 from .pool import PoolReader
 from .scores import lark_energy, trajectory_scores
 from .table import ScoreTable
-
-SORT_WINDOW = 32  # batches' worth of records sorted by length together to limit padding
 
 
 @dataclass
@@ -67,14 +73,19 @@ class _HeadInput(Exception):
         self.hidden = hidden
 
 
-def hidden_before_head(model, head: LMHead, input_ids, attention_mask) -> torch.Tensor:
+def hidden_before_head(model, head: LMHead, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
     """The LM head's input [B, T, d] for a batch, without computing any logits."""
     def stop(_module, args):
         raise _HeadInput(args[0])
 
+    kwargs = {"input_ids": input_ids, "use_cache": False}
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
     handle = head.module.register_forward_pre_hook(stop)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(**kwargs)
     except _HeadInput as captured:
         return captured.hidden
     finally:
@@ -85,10 +96,9 @@ def hidden_before_head(model, head: LMHead, input_ids, attention_mask) -> torch.
 def verify_lm_head(model, head: LMHead, input_ids: torch.Tensor) -> None:
     """Compares the head's logits with the model's own on a short sequence; raises if they differ."""
     ids = input_ids[:, :16]
-    mask = torch.ones_like(ids)
-    hidden = hidden_before_head(model, head, ids, mask)
+    hidden = hidden_before_head(model, head, ids)
     ours = head.logits(hidden)
-    theirs = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    theirs = model(input_ids=ids, use_cache=False).logits.float()
     if ours.shape != theirs.shape:
         raise RuntimeError(f"{type(model).__name__}: the model's logits have shape {tuple(theirs.shape)}, "
                            f"its output embeddings give {tuple(ours.shape)}; unsupported LM head")
@@ -110,53 +120,147 @@ def _eval_mode(model):
         model.train(was_training)
 
 
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and ("out of memory" in str(e) or
+                                                                  "can't allocate memory" in str(e)))
+
+
 class Scorer:
-    """Scores batches of tokenised records with one model; reusable across pools."""
+    """Scores batches of tokenised records with one model; reusable across pools.
+
+    ``packing``: "auto" packs trajectories back to back into one row per forward with segment-wise
+    attention when a check on two short sequences shows the packed forward equals separate ones;
+    otherwise (or with "off") batches are right-padded.
+    """
 
     def __init__(self, model, tokenizer, *, max_length: Optional[int] = None, topk: int = 50,
-                 chat_template: Optional[str] = None, verify_head: bool = True):
+                 chat_template: Optional[str] = None, verify_head: bool = True, packing: str = "auto"):
+        if packing not in ("auto", "off"):
+            raise ValueError(f"packing: expected 'auto' or 'off', got {packing!r}")
         self.model = model
         self.head = LMHead.from_model(model)
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         if max_length is None:
-            max_length = getattr(model.config.get_text_config() if hasattr(model.config, "get_text_config")
-                                 else model.config, "max_position_embeddings", None)
+            max_length = getattr(cfg, "max_position_embeddings", None)
         self.chat = chat.ChatTokenizer(tokenizer, max_length=max_length, chat_template=chat_template)
         self.topk = topk
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = self.head.weight.device
+        self.vocab_size = self.head.weight.shape[0]
         self._head_verified = not verify_head
+        self.packed = packing == "auto" and self._packing_works()
+
+    def _packing_works(self) -> bool:
+        g = torch.Generator().manual_seed(0)
+        seqs = [torch.randint(0, self.vocab_size, (n,), generator=g).tolist() for n in (9, 5)]
+        try:
+            with torch.inference_mode(), _eval_mode(self.model):
+                alone = [hidden_before_head(self.model, self.head, torch.tensor([s], device=self.device))[0]
+                         for s in seqs]
+                ids, pos, cu = packed_row(seqs, self.device)
+                with attention.packed_attention(self.model), attention.segments(cu.tolist()):
+                    packed = hidden_before_head(self.model, self.head, ids, position_ids=pos)[0]
+        except RuntimeError as e:
+            warnings.warn(f"packing unavailable for {type(self.model).__name__} ({e}); using padded batches")
+            return False
+        ref = torch.cat(alone).float()
+        err = (packed.float() - ref).abs().max().item()
+        tol = (1e-4 if ref.dtype == torch.float32 and packed.dtype == torch.float32 else 3e-2) * \
+            max(1.0, ref.abs().max().item())
+        if not err <= tol:
+            warnings.warn(f"{type(self.model).__name__}: a packed forward differs from separate ones by {err:.3g}; "
+                          "using padded batches")
+            return False
+        return True
+
+    def _hidden(self, items: list) -> tuple:
+        """Head inputs at the scored positions [N, d], their targets [N] and cu_seqlens [S + 1]."""
+        lengths = [len(t.input_ids) for t in items]
+        if not self._head_verified:
+            verify_lm_head(self.model, self.head, torch.tensor([items[0].input_ids], device=self.device))
+            self._head_verified = True
+        if self.packed:
+            ids, pos, cu = packed_row([t.input_ids for t in items], self.device)
+            with attention.packed_attention(self.model), attention.segments(cu.tolist()):
+                hidden = hidden_before_head(self.model, self.head, ids, position_ids=pos)[0]
+            ids = ids[0]
+            starts = cu[:-1].tolist()
+        else:
+            ids = torch.full((len(items), max(lengths)), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, t in enumerate(items):
+                ids[i, : lengths[i]] = torch.tensor(t.input_ids)
+                mask[i, : lengths[i]] = 1
+            hidden = hidden_before_head(self.model, self.head, ids.to(self.device), mask.to(self.device))
+            starts = [i * ids.shape[1] for i in range(len(items))]  # row i starts at i * T once flattened
+            hidden, ids = hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1).to(self.device)
+        # token t of a record is predicted from position t - 1
+        pos = torch.cat([torch.arange(s + t.start - 1, s + n - 1) for s, t, n in zip(starts, items, lengths)])
+        pos = pos.to(self.device)
+        counts = torch.tensor([0] + [n - t.start for t, n in zip(items, lengths)])
+        cu_scored = counts.cumsum(0).to(device=self.device, dtype=torch.int32)
+        return hidden[pos], ids[pos + 1], cu_scored
 
     def score_batch(self, items: list) -> dict:
         """Per-record float64 sums (``n_tokens, nll, brier, entropy, rank_clipped, brier_topk``) for
         a list of ``Tokenized`` records with status ok."""
-        lengths = [len(t.input_ids) for t in items]
-        ids = torch.full((len(items), max(lengths)), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, t in enumerate(items):
-            ids[i, : lengths[i]] = torch.tensor(t.input_ids)
-            mask[i, : lengths[i]] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
         with torch.inference_mode(), _eval_mode(self.model):
-            if not self._head_verified:
-                verify_lm_head(self.model, self.head, ids[:1, : lengths[0]])
-                self._head_verified = True
-            hidden = hidden_before_head(self.model, self.head, ids, mask)
-            # token t of a record is predicted from position t - 1: rows (i, start-1 .. len-2)
-            rows = torch.cat([torch.full((n - t.start,), i) for i, (t, n) in enumerate(zip(items, lengths))])
-            cols = torch.cat([torch.arange(t.start - 1, n - 1) for t, n in zip(items, lengths)])
-            rows, cols = rows.to(self.device), cols.to(self.device)
-            counts = torch.tensor([0] + [n - t.start for t, n in zip(items, lengths)])
-            cu_seqlens = counts.cumsum(0).to(device=self.device, dtype=torch.int32)
-            stats = self.head.stats(hidden[rows, cols], ids[rows, cols + 1], cu_seqlens, self.topk)
-        seg = stats.segments
+            hidden, targets, cu = self._hidden(items)
+            seg = self.head.stats(hidden, targets, cu, self.topk).segments
         out = {name: getattr(seg, name).cpu().numpy() for name in ("n_tokens", "nll", "brier", "entropy", "rank_clipped")}
-        out["brier_topk"] = seg.brier_topk.cpu().numpy() if seg.brier_topk is not None else None
+        out["brier_topk"] = seg.brier_topk.cpu().numpy() if seg.brier_topk is not None else np.full(len(items), np.nan)
         return out
 
 
+class _Results:
+    """Per-record rows of one process, flushed to the run directory in parts (or kept in memory)."""
+
+    def __init__(self, run_dir: Optional[RunDirectory], every_records: int, every_seconds: float):
+        self.run_dir = run_dir
+        self.every_records = every_records
+        self.every_seconds = every_seconds
+        self.rows: list = []
+        self.chunks: list = []
+        self.last_flush = time.monotonic()
+
+    def add(self, ordinal: int, rec, tok, sums: Optional[dict] = None, status: Optional[str] = None,
+            reason: Optional[str] = None) -> None:
+        s = sums or {}
+        self.rows.append((ordinal, rec.problem_id, rec.candidate_id, rec.teacher, tok.truncated,
+                          status or tok.status, reason if reason is not None else tok.reason,
+                          int(s.get("n_tokens", 0)), *(float(s.get(k, np.nan)) for k in
+                                                       ("nll", "brier", "entropy", "rank_clipped", "brier_topk"))))
+        if len(self.rows) >= self.every_records or time.monotonic() - self.last_flush >= self.every_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            cols = {k: np.array(v, dtype=t) for (k, t), v in zip(COLUMNS.items(), zip(*self.rows))}
+            if self.run_dir is not None:
+                self.run_dir.write_part(cols)
+            else:
+                self.chunks.append(cols)
+            self.rows = []
+        self.last_flush = time.monotonic()
+
+
+def _read_and_tokenize(reader, scorer: Scorer, shard: Shard, done: set, out: queue.Queue) -> None:
+    """Background worker: validated, tokenised records of this shard, in order; then None."""
+    try:
+        for ordinal, rec in enumerate(reader):
+            if shard.owns(ordinal) and ordinal not in done:
+                out.put((ordinal, rec, scorer.chat(rec.messages)))
+        out.put(None)
+    except BaseException as e:  # handed to the consumer, which re-raises it
+        out.put(e)
+
+
 def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: Optional[int] = None,
-          batch_size: int = 8, topk: int = 50, on_error: str = "skip", chat_template: Optional[str] = None,
-          progress: bool = True, verify_head: bool = True) -> ScoreTable:
+          max_tokens_per_batch: int = 8192, batch_size: Optional[int] = None, topk: int = 50,
+          on_error: str = "skip", chat_template: Optional[str] = None, progress: bool = True,
+          verify_head: bool = True, packing: str = "auto", run_dir=None, overwrite: bool = False,
+          checkpoint_every: int = 2000, shard: Optional[Shard] = None) -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (SPEC §3).
 
     ``records``: a ``.jsonl``/``.parquet`` path or an iterable of dicts (SPEC §7). Returns one row
@@ -164,83 +268,155 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     truncated, status, L, brier, rho, g_hat, entropy, rsr, brier_top{topk}, reason``. Records that
     cannot be read are in ``table.issues``; read but unscorable ones have a status other than
     ``ok`` and NaN scores. ``max_length`` (default: the model's context) truncates, flagged.
+
+    Trajectories are packed into forwards of at most ``max_tokens_per_batch`` tokens (a longer one
+    goes alone) and ``batch_size`` trajectories. With ``run_dir``, results are flushed there in parts
+    every ``checkpoint_every`` records (and every 2 minutes); a later call with the same settings
+    resumes, scoring only what is missing. ``shard`` (torchrun) splits the pool across processes,
+    which then need a shared ``run_dir``; every process returns the merged table.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    shard = shard or Shard()
+    if max_tokens_per_batch < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError("max_tokens_per_batch and batch_size must be >= 1")
+    if shard.world > 1 and run_dir is None:
+        raise ValueError("run_dir: required when scoring with several processes")
     scorer = Scorer(model, tokenizer, max_length=max_length, topk=topk, chat_template=chat_template,
-                    verify_head=verify_head)
+                    verify_head=verify_head, packing=packing)
     reader = PoolReader(records, on_error=on_error)
-    meta = {k: [] for k in ("problem_id", "candidate_id", "teacher", "truncated", "status", "reason")}
-    sums: dict = {}
-    pending: list = []  # (row index, Tokenized)
-    n_scored_tokens = 0
-    t0 = time.perf_counter()
+    store = None
+    if run_dir is not None:
+        fingerprint = {"pool": _describe_source(reader), "model": _describe_model(model), "topk": topk,
+                       "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
+                       "lark_fast": __import__("lark_fast").__version__}
+        if shard.rank == 0:
+            store = RunDirectory(run_dir, fingerprint, 0, overwrite)
+        dist_barrier(shard)
+        if shard.rank != 0:
+            store = RunDirectory(run_dir, fingerprint, shard.rank, overwrite=False)
+    done = set(store.load()["ordinal"].tolist()) if store is not None else set()
+    results = _Results(store, checkpoint_every, 120.0)
+    if not scorer.packed and batch_size is None:
+        batch_size = 8
 
+    total = reader.count()
     from tqdm.auto import tqdm
-    bar = tqdm(total=reader.count(), unit="rec", desc="scoring", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=None if total is None else max(0, -(-total // shard.world) - len(done)), unit="rec",
+               desc="scoring" if shard.world == 1 else f"scoring (rank {shard.rank})", disable=not progress,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    n_tokens = 0
 
-    def flush(items):
-        nonlocal n_scored_tokens
-        items = sorted(items, key=lambda it: -len(it[1].input_ids))
-        for b in range(0, len(items), batch_size):
-            batch = items[b: b + batch_size]
-            out = scorer.score_batch([t for _, t in batch])
-            for j, (row, _) in enumerate(batch):
-                sums[row] = {k: (None if v is None else v[j]) for k, v in out.items()}
-            n_scored_tokens += int(out["n_tokens"].sum())
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{n_scored_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
-
-    for rec in reader:
-        row = len(meta["status"])
-        tok = scorer.chat(rec.messages)
-        for k, v in (("problem_id", rec.problem_id), ("candidate_id", rec.candidate_id), ("teacher", rec.teacher),
-                     ("truncated", tok.truncated), ("status", tok.status), ("reason", tok.reason)):
-            meta[k].append(v)
-        if tok.status != chat.OK:
+    def run(batch: list) -> None:
+        """Scores (ordinal, record, Tokenized) items; on out-of-memory splits the batch and retries."""
+        nonlocal n_tokens
+        try:
+            sums = scorer.score_batch([t for _, _, t in batch])
+        except Exception as e:
+            if not _is_oom(e):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(batch) > 1:
+                half = len(batch) // 2
+                run(batch[:half])
+                run(batch[half:])
+                return
+            ordinal, rec, tok = batch[0]
+            results.add(ordinal, rec, tok, status=chat.OUT_OF_MEMORY,
+                        reason=f"does not fit in memory even alone ({len(tok.input_ids)} tokens); "
+                               "lower --max-length")
             bar.update(1)
-            continue
-        pending.append((row, tok))
-        if len(pending) >= batch_size * SORT_WINDOW:
-            flush(pending)
-            pending = []
-    if pending:
-        flush(pending)
-    bar.close()
+            return
+        for j, (ordinal, rec, tok) in enumerate(batch):
+            results.add(ordinal, rec, tok, {k: v[j] for k, v in sums.items()})
+        n_tokens += int(sums["n_tokens"].sum())
+        bar.update(len(batch))
+        bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+
+    def flush_window(window: list) -> None:
+        for row in pack_ffd([len(t.input_ids) for _, _, t in window], max_tokens_per_batch, batch_size):
+            run([window[i] for i in row])
+
+    items: queue.Queue = queue.Queue(maxsize=4096)
+    worker = threading.Thread(target=_read_and_tokenize, args=(reader, scorer, shard, done, items), daemon=True)
+    worker.start()
+    window, window_tokens = [], 0
+    try:
+        while True:
+            item = items.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            ordinal, rec, tok = item
+            if tok.status != chat.OK:
+                results.add(ordinal, rec, tok)
+                bar.update(1)
+                continue
+            window.append(item)
+            window_tokens += len(tok.input_ids)
+            if window_tokens >= 4 * max_tokens_per_batch:
+                flush_window(window)
+                window, window_tokens = [], 0
+        flush_window(window)
+        results.flush()
+    finally:
+        bar.close()
+    worker.join()
     seconds = time.perf_counter() - t0
 
-    n = len(meta["status"])
-    cols = {k: np.zeros(n) for k in ("nll", "brier", "entropy", "rank_clipped", "brier_topk")}
-    n_tokens = np.zeros(n, dtype=np.int64)
-    for row, s in sums.items():
-        n_tokens[row] = s["n_tokens"]
-        for k in cols:
-            cols[k][row] = np.nan if s[k] is None else s[k]
-    per = trajectory_scores(n_tokens, cols["nll"], cols["brier"], cols["entropy"], cols["rank_clipped"],
+    dist_barrier(shard)
+    cols = store.load() if store is not None else concat(results.chunks)
+    order = np.argsort(cols["ordinal"], kind="stable")
+    cols = {k: v[order] for k, v in cols.items()}
+    missing = sorted(set(range(reader.n_valid)) - set(cols["ordinal"].tolist()))
+    if missing:
+        raise RuntimeError(f"{len(missing)} records have no result (first ordinals {missing[:5]}); "
+                           "a process probably died: run the same command again to finish")
+    info = {"seconds": seconds, "scored_tokens_this_run": n_tokens, "records_read": reader.n_valid,
+            "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
+            "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
+            "model": type(model).__name__, "corrupt_parts_redone": store.problems if store is not None else []}
+    return build_table(cols, topk, reader.issues, info)
+
+
+def build_table(cols: dict, topk: int, issues: list, info: dict) -> ScoreTable:
+    """The score table from per-record sums (SPEC §3): per-trajectory means, then g_hat per problem."""
+    per = trajectory_scores(cols["n_tokens"], cols["nll"], cols["brier"], cols["entropy"], cols["rank_clipped"],
                             cols["brier_topk"] if topk else None)
-    status = np.array(meta["status"], dtype=object)
-    reason = np.array(meta["reason"], dtype=object)
+    status = cols["status"].copy()
+    reason = cols["reason"].copy()
     scored = status == chat.OK
-    finite = np.all([np.isfinite(per[k]) for k in ("L", "brier", "entropy")], axis=0) if n else np.ones(0, bool)
+    finite = np.isfinite(per["L"]) & np.isfinite(per["brier"]) & np.isfinite(per["entropy"])
     bad = scored & ~finite
     status[bad] = chat.NONFINITE
     reason[bad] = "the student produced non-finite statistics (NaN/inf hidden states or logits)"
     ok = status == chat.OK
     for k in per:
         per[k] = np.where(ok, per[k], np.nan)
-    n_tokens = np.where(ok, n_tokens, 0)
-
     columns = {
-        "problem_id": meta["problem_id"], "candidate_id": meta["candidate_id"], "teacher": meta["teacher"],
-        "n_tokens": n_tokens, "truncated": np.array(meta["truncated"], dtype=bool), "status": status,
+        "problem_id": cols["problem_id"], "candidate_id": cols["candidate_id"], "teacher": cols["teacher"],
+        "n_tokens": np.where(ok, cols["n_tokens"], 0), "truncated": cols["truncated"], "status": status,
         "L": per["L"], "brier": per["brier"], "rho": per["rho"],
-        "g_hat": lark_energy(meta["problem_id"], per["L"], per["brier"], ok),
+        "g_hat": lark_energy(cols["problem_id"], per["L"], per["brier"], ok),
         "entropy": per["entropy"], "rsr": per["rsr"],
     }
     if topk:
         columns[f"brier_top{topk}"] = per["brier_topk"]
     columns["reason"] = reason
-    info = {"seconds": seconds, "scored_tokens": int(n_tokens.sum()), "records_read": n,
-            "max_length": scorer.chat.max_length, "topk": topk, "batch_size": batch_size,
-            "model": type(model).__name__}
-    return ScoreTable(columns, issues=reader.issues, info=info)
+    info = {**info, "scored_tokens": int(columns["n_tokens"].sum())}
+    return ScoreTable(columns, issues=issues, info=info)
+
+
+def _describe_source(reader) -> dict:
+    if reader.format == "records":
+        return {"name": reader.name}
+    st = Path(reader.name).stat()
+    return {"path": str(Path(reader.name).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _describe_model(model) -> dict:
+    p = model.get_output_embeddings().weight
+    return {"class": type(model).__name__, "name": getattr(model.config, "_name_or_path", ""),
+            "n_parameters": sum(x.numel() for x in model.parameters()), "dtype": str(p.dtype),
+            "head_checksum": float(p.float().sum().item())}

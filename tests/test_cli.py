@@ -36,7 +36,7 @@ def test_score_then_select(model_dir, pool, tmp_path, capsys):
                  "--format", "lark-json", "--quiet", "--batch-size", "3"]) == 0
     out, err = capsys.readouterr()
     assert f"{pool}:6: invalid JSON" in err and f"{pool}:10: duplicate (problem_id, candidate_id)" in err
-    assert "scored 16 of 16 records read" in out
+    assert "scored 16 of 16 records read" in out and not (tmp_path / "out" / "scores.parquet.parts").exists()
     table = ScoreTable.read(scores)
     assert len(table) == 16 and (table["status"] == "ok").all()
     manifest = json.loads((tmp_path / "out" / "scores.manifest.json").read_text())

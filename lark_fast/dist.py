@@ -1,0 +1,40 @@
+"""Multi-process scoring under torchrun: rank r scores the valid records whose ordinal % world == r.
+
+``torchrun --nproc_per_node N $(which lark-fast) score ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
+the process group (NCCL on CUDA, gloo on CPU) is only used for barriers: results travel through the
+run directory's part files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    def owns(self, ordinal: int) -> bool:
+        return ordinal % self.world == self.rank
+
+
+def shard_from_env() -> Shard:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    return Shard(rank, world, int(os.environ.get("LOCAL_RANK", str(rank))))
+
+
+def init(shard: Shard, device: str) -> None:
+    import torch.distributed as dist
+    if shard.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+
+
+def barrier(shard: Shard) -> None:
+    import torch.distributed as dist
+    if shard.world > 1 and dist.is_initialized():
+        dist.barrier()

@@ -1,0 +1,203 @@
+"""Scoring at scale: packing, streaming, several processes, checkpoints and resume, out-of-memory."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import byte_tokenizer, make_records, tiny_llama
+
+import lark_fast
+from lark_fast import scorer as scorer_mod
+from lark_fast.packing import pack_ffd
+from lark_fast.table import ScoreTable
+
+SCORE_COLUMNS = ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50")
+
+
+def assert_same(a, b, rtol=1e-5):
+    for k in ("problem_id", "candidate_id", "teacher", "status", "n_tokens", "truncated"):
+        assert list(a[k]) == list(b[k]), k
+    for k in SCORE_COLUMNS:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=1e-7, err_msg=k)
+
+
+def mixed_records(n=24, seed=0):
+    """Very short and very long trajectories in one pool."""
+    recs = make_records(n_problems=n // 3, per_problem=3, seed=seed)
+    for i, r in enumerate(recs):
+        r["messages"][-1]["content"] = ("x" if i % 4 == 0 else "long step " * (1 + 37 * (i % 5)))
+    return recs
+
+
+def test_pack_ffd():
+    rows = pack_ffd([5, 3, 8, 2, 2, 9], capacity=10)
+    assert sorted(i for r in rows for i in r) == list(range(6))
+    assert rows == [[5], [2, 3], [0, 1, 4]]  # 9 | 8+2 | 5+3+2 (first fit, longest first)
+    assert pack_ffd([12, 1], capacity=10) == [[0], [1]]  # too long: a row of its own
+    assert pack_ffd([1, 1, 1], capacity=10, max_per_row=2) == [[0, 1], [2]]
+
+
+@pytest.mark.parametrize("capacity", [64, 700, 100000])
+def test_packed_equals_one_at_a_time(tokenizer, capacity):
+    model = tiny_llama(seed=2)
+    recs = mixed_records()
+    alone = lark_fast.score(model, tokenizer, recs, batch_size=1, progress=False)
+    packed = lark_fast.score(model, tokenizer, recs, max_tokens_per_batch=capacity, progress=False)
+    padded = lark_fast.score(model, tokenizer, recs, packing="off", batch_size=5, progress=False)
+    assert packed.info["packed"] and not padded.info["packed"]
+    assert_same(packed, alone)
+    assert_same(padded, alone)
+
+
+def test_sliding_window_and_softcap_attention_in_packed_rows(tokenizer):
+    import transformers as tf
+    torch.manual_seed(0)
+    cfg = tf.Gemma2Config(vocab_size=517, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=12, max_position_embeddings=1024,
+                          sliding_window=16, attn_logit_softcapping=5.0, initializer_range=0.3)
+    model = tf.Gemma2ForCausalLM(cfg).eval()
+    recs = mixed_records(12, seed=3)
+    alone = lark_fast.score(model, tokenizer, recs, batch_size=1, progress=False)
+    packed = lark_fast.score(model, tokenizer, recs, progress=False)
+    assert packed.info["packed"]
+    assert_same(packed, alone)
+
+
+def test_reading_streams(tokenizer, monkeypatch):
+    produced = {"n": 0}
+
+    def pool():
+        for i in range(200000):
+            produced["n"] += 1
+            yield {"problem_id": str(i // 4), "candidate_id": str(i % 4), "teacher": "T",
+                   "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a b c"}]}
+
+    class Stop(Exception):
+        pass
+
+    def first_batch(self, items):
+        raise Stop(produced["n"])
+
+    monkeypatch.setattr(scorer_mod.Scorer, "score_batch", first_batch)
+    with pytest.raises(Stop) as e:
+        lark_fast.score(tiny_llama(), tokenizer, pool(), max_tokens_per_batch=512, progress=False)
+    assert e.value.args[0] < 10000  # the reader ran at most a bounded queue ahead, not through the pool
+
+
+def test_out_of_memory_splits_the_batch(tokenizer, monkeypatch):
+    real = scorer_mod.Scorer.score_batch
+    calls = []
+
+    def limited(self, items):
+        calls.append(len(items))
+        if sum(len(t.input_ids) for t in items) > 300:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, items)
+
+    recs = mixed_records()
+    model = tiny_llama()
+    want = lark_fast.score(model, tokenizer, recs, batch_size=1, progress=False)
+    monkeypatch.setattr(scorer_mod.Scorer, "score_batch", limited)
+    got = lark_fast.score(model, tokenizer, recs, max_tokens_per_batch=4000, progress=False)
+    assert max(calls) > 1 and min(calls) == 1
+    too_long = np.array([len(want["n_tokens"]) > 0 and n + 40 > 300 for n in want["n_tokens"]])
+    oom = got["status"] == "out_of_memory"
+    assert oom.any() and (~oom).any()
+    assert all("does not fit in memory even alone" in r for r in got["reason"][oom])
+    ok = ~oom
+    for k in ("L", "brier", "entropy"):
+        np.testing.assert_allclose(got[k][ok], want[k][ok], rtol=1e-5)
+    assert too_long[oom].all()
+
+
+def test_resume_and_corrupt_parts(tokenizer, tmp_path):
+    model = tiny_llama()
+    recs = mixed_records(30)
+    run_dir = tmp_path / "run"
+    full = lark_fast.score(model, tokenizer, recs, run_dir=run_dir, checkpoint_every=4, progress=False)
+    parts = sorted(run_dir.glob("part-*.parquet"))
+    assert len(parts) >= 7
+    # a truncated part and a part whose content was edited after its checksum was taken
+    parts[1].write_bytes(parts[1].read_bytes()[:100])
+    import pyarrow.parquet as pq
+    t = pq.read_table(parts[3])
+    edited = t.set_column(t.schema.get_field_index("nll"), "nll", [[v * 2 for v in t.column("nll").to_pylist()]])
+    pq.write_table(edited.replace_schema_metadata(t.schema.metadata), parts[3])
+    with pytest.warns(UserWarning, match="corrupt part"):
+        again = lark_fast.score(model, tokenizer, recs, run_dir=run_dir, checkpoint_every=4, progress=False)
+    assert len(again.info["corrupt_parts_redone"]) == 2
+    assert 0 < again.info["records_resumed"] < len(recs)
+    assert again.info["scored_tokens_this_run"] < full.info["scored_tokens_this_run"]
+    assert_same(again, full)
+    # other settings are refused, not mixed in
+    with pytest.raises(ValueError, match="other settings \\(max_length differ\\)"):
+        lark_fast.score(model, tokenizer, recs, run_dir=run_dir, max_length=100, progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("student")
+    tiny_llama().save_pretrained(d)
+    byte_tokenizer().save_pretrained(d)
+    return d
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "lark_fast.cli", *args], capture_output=True, text=True, env=env, **kw)
+
+
+def _write_pool(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+def test_kill_and_resume(model_dir, tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    _write_pool(pool, mixed_records(150, seed=5))
+    ref = tmp_path / "ref.parquet"
+    r = _cli(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(ref), "--quiet"])
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "out.parquet"
+    args = ["score", "--model", str(model_dir), "--input", str(pool), "--output", str(out), "--quiet",
+            "--checkpoint-every", "3", "--max-tokens-per-batch", "256"]
+    proc = subprocess.Popen([sys.executable, "-m", "lark_fast.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    parts_dir = tmp_path / "out.parquet.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(parts_dir.glob("part-*.parquet"))) < 3 and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_parts = len(list(parts_dir.glob("part-*.parquet")))
+    assert not out.exists() and n_parts >= 3, "the run must be killed mid-way"
+
+    r = _cli(args)
+    assert r.returncode == 0, r.stderr
+    assert "resumed:" in r.stdout
+    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
+    assert 0 < manifest["info"]["records_resumed"] < 150
+    a, b = ScoreTable.read(out), ScoreTable.read(ref)
+    assert len(a) == 150 and len(set(zip(a["problem_id"], a["candidate_id"]))) == 150
+    assert_same(a, b)
+
+
+def test_two_processes_equal_one(model_dir, tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    _write_pool(pool, mixed_records(30, seed=6))
+    one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    r = _cli(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(one), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "lark_fast.cli", "score", "--model", str(model_dir), "--input", str(pool),
+                        "--output", str(two), "--quiet", "--checkpoint-every", "4", "--device", "cpu"],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    man = json.loads((tmp_path / "two.manifest.json").read_text())
+    assert man["info"]["world_size"] == 2
+    assert_same(ScoreTable.read(two), ScoreTable.read(one))
