@@ -8,53 +8,78 @@
 //   * mean_{A}(e) - t <= 1e-12 (no spread): q = 1/B on A;
 //   * an item of A tied with t gets weight 0.
 // Ties inside the order are broken by position (lower index first), so the result is deterministic.
-// Cost: one O(K) selection (nth_element) per group, never a full sort.
+// Cost: one pass keeping the B + 1 best items by insertion while B + 1 <= kInsertionMax, otherwise one
+// O(K) selection (nth_element); never a full sort.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <vector>
 
 namespace lark {
 
+// An item of a group by rank: its energy and its position in the group.
 template <typename T>
-inline bool lark_valid(T v) {
-  return !std::isnan(v) && v != -INFINITY;
-}
+struct Ranked {
+  T e;
+  int64_t i;
+};
 
-// e: the group's n energies; out: its n weights; idx: scratch of at least n entries.
+// Budgets up to kInsertionMax - 1 keep the B + 1 best items in a sorted array (O(K (B + 1)) worst case).
+inline constexpr int64_t kInsertionMax = 32;
+
+// Outcome of one group: ok, or the position of a +inf energy (rejected: no finite weights exist).
+inline constexpr int64_t kGroupOk = -1;
+
+// e: the group's n energies; out: its n weights; ranked: scratch of at least max(n, kInsertionMax) entries.
+// Returns kGroupOk, or the position of the first +inf energy.
 template <typename T>
-void lark_rule_group(const T* e, int64_t n, int64_t B, double* out, int64_t* idx) {
-  int64_t nv = 0;
+int64_t lark_rule_group(const T* e, int64_t n, int64_t B, double* out, Ranked<T>* ranked) {
+  const int64_t keep = B + 1;  // A and the first excluded item
+  int64_t nv = 0;              // valid items seen
+  int64_t m = 0;               // entries of ranked: larger energy first, then lower index
+  T lowest = INFINITY;
   for (int64_t i = 0; i < n; ++i) {
     out[i] = 0.0;
-    if (lark_valid(e[i])) idx[nv++] = i;
+    const T v = e[i];
+    if (!(v > -INFINITY)) continue;  // NaN or -inf
+    if (v == INFINITY) return i;
+    ++nv;
+    lowest = std::min(lowest, v);
+    if (keep > kInsertionMax) {
+      ranked[m++] = {v, i};
+      continue;
+    }
+    // Insertion: an equal energy never displaces an earlier item, so ties stay in index order.
+    if (m == keep && !(v > ranked[m - 1].e)) continue;
+    int64_t j = (m == keep) ? m - 1 : m++;
+    for (; j > 0 && ranked[j - 1].e < v; --j) ranked[j] = ranked[j - 1];
+    ranked[j] = {v, i};
   }
-  if (nv == 0) return;
+  if (nv == 0) return kGroupOk;
 
   int64_t na;  // |A|
   double t;
   if (B >= nv) {
-    double mn = static_cast<double>(e[idx[0]]);
-    for (int64_t j = 1; j < nv; ++j) mn = std::min(mn, static_cast<double>(e[idx[j]]));
     na = nv;
-    t = mn - 1e-8;
+    t = static_cast<double>(lowest) - 1e-8;
   } else {
-    // Strict total order: larger energy first, then lower index.
-    auto before = [e](int64_t a, int64_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); };
-    std::nth_element(idx, idx + B, idx + nv, before);
+    if (keep > kInsertionMax) {
+      auto before = [](const Ranked<T>& a, const Ranked<T>& b) { return a.e > b.e || (a.e == b.e && a.i < b.i); };
+      std::nth_element(ranked, ranked + B, ranked + nv, before);
+    }
     na = B;
-    t = static_cast<double>(e[idx[B]]);
+    t = static_cast<double>(ranked[B].e);
   }
 
   double spread = 0.0;  // sum_{A} (e - t)
-  for (int64_t j = 0; j < na; ++j) spread += static_cast<double>(e[idx[j]]) - t;
+  for (int64_t j = 0; j < na; ++j) spread += static_cast<double>(ranked[j].e) - t;
   if (spread / static_cast<double>(na) <= 1e-12) {
-    for (int64_t j = 0; j < na; ++j) out[idx[j]] = 1.0 / static_cast<double>(B);
-    return;
+    for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = 1.0 / static_cast<double>(B);
+    return kGroupOk;
   }
-  for (int64_t j = 0; j < na; ++j) out[idx[j]] = (static_cast<double>(e[idx[j]]) - t) / spread;
+  for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = (static_cast<double>(ranked[j].e) - t) / spread;
+  return kGroupOk;
 }
 
 }  // namespace lark
