@@ -146,7 +146,7 @@ py::array_t<double> lark_weights(const py::array& energies, const Offsets& offse
   const int64_t* o = offsets.data();
   py::array_t<double> weights(n);
   double* w = weights.mutable_data();
-  int64_t scratch = kInsertionMax;
+  int64_t scratch = kCascadeMax;
   for (int64_t g = 0; g < n_groups; ++g) scratch = std::max(scratch, o[g + 1] - o[g]);
   with_inputs(ef, std::nullopt, [&](auto* e, auto*) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;

@@ -88,30 +88,46 @@ struct RangeStats {
   }
 };
 
-// Stats of [begin, end); stops at the first item with a +inf energy or a reference mass that is not a
-// positive finite number and reports its index in *bad (left unchanged when there is none).
+// Stats of [begin, end). The first item with a +inf energy or a reference mass that is not a positive
+// finite number goes to *bad (left unchanged when there is none). Branch-free over the items.
 template <class P>
 RangeStats range_stats(const P& pool, int64_t begin, int64_t end, int64_t* bad) {
   RangeStats st;
-  double shift = 0, s1 = 0, s2 = 0;  // Σ ref (e − shift), Σ ref (e − shift)², shift = first valid energy
+  int64_t first = begin;  // shift the moments by the first valid energy: no cancellation
+  while (first < end && !valid_energy(static_cast<double>(pool.e[first]))) ++first;
+  const double shift = first < end ? static_cast<double>(pool.e[first]) : 0.0;
+  double count = 0, ref_sum = 0, ref_min = kInf, e_min = kInf, e_max = -kInf, s1 = 0, s2 = 0, n_bad = 0;
+#pragma omp simd reduction(+ : count, ref_sum, s1, s2, n_bad) reduction(min : ref_min, e_min) reduction(max : e_max)
   for (int64_t k = begin; k < end; ++k) {
     const double v = static_cast<double>(pool.e[k]), w = pool.raw_ref(k);
-    if (v == kInf || !(w > 0 && w < kInf)) {
-      *bad = k;
-      break;
-    }
-    if (!valid_energy(v)) continue;
-    if (st.n_valid++ == 0) shift = v;
-    st.ref_sum += w;
-    st.ref_min = std::min(st.ref_min, w);
-    st.e_min = std::min(st.e_min, v);
-    st.e_max = std::max(st.e_max, v);
-    s1 += w * (v - shift);
-    s2 += w * (v - shift) * (v - shift);
+    const double ok = v > -kInf ? 1.0 : 0.0, d = ok > 0 ? v - shift : 0.0;  // d = 0 for NaN, −inf
+    n_bad += (v == kInf || !(w > 0 && w < kInf)) ? 1.0 : 0.0;
+    count += ok;
+    ref_sum += ok * w;
+    ref_min = std::min(ref_min, ok > 0 ? w : kInf);
+    e_min = std::min(e_min, ok > 0 ? v : kInf);
+    e_max = std::max(e_max, ok > 0 ? v : -kInf);
+    s1 += ok * w * d;
+    s2 += ok * w * d * d;
   }
+  if (n_bad > 0) {
+    for (int64_t k = begin; k < end; ++k) {
+      const double v = static_cast<double>(pool.e[k]), w = pool.raw_ref(k);
+      if (v == kInf || !(w > 0 && w < kInf)) {
+        *bad = k;
+        break;
+      }
+    }
+    return st;
+  }
+  st.n_valid = static_cast<int64_t>(count);
   if (st.n_valid > 0) {
-    st.mean = shift + s1 / st.ref_sum;
-    st.m2 = std::max(0.0, s2 - s1 * s1 / st.ref_sum);
+    st.ref_sum = ref_sum;
+    st.ref_min = ref_min;
+    st.e_min = e_min;
+    st.e_max = e_max;
+    st.mean = shift + s1 / ref_sum;
+    st.m2 = std::max(0.0, s2 - s1 * s1 / ref_sum);
   }
   return st;
 }
@@ -120,8 +136,8 @@ RangeStats range_stats(const P& pool, int64_t begin, int64_t end, int64_t* bad) 
 struct ClassSums {
   double free_p = 0;        // P_F
   double free_pe = 0;       // Σ_F p e (e as the pool reads it, ≤ 0 after the shift: no cancellation)
+  double free_pe2 = 0;      // Σ_F p e² (e as the pool reads it: V_F keeps its precision when ν is far)
   double free_gap = 0;      // Σ_F p (e − ν)
-  double free_gap2 = 0;     // Σ_F p (e − ν)²
   double capped_inv_p = 0;  // Σ_C 1/p
   int64_t n_free = 0, n_capped = 0;
   // chi2_global: groups held at their group cap, with their mass and their terms of D(s) + 1 = A s² + B.
@@ -132,8 +148,8 @@ struct ClassSums {
   void add(const ClassSums& o) {
     free_p += o.free_p;
     free_pe += o.free_pe;
+    free_pe2 += o.free_pe2;
     free_gap += o.free_gap;
-    free_gap2 += o.free_gap2;
     capped_inv_p += o.capped_inv_p;
     n_free += o.n_free;
     n_capped += o.n_capped;
@@ -158,7 +174,7 @@ struct ClassSums {
   }
   // D(s') + 1 = a s'² + b for the classes of this root (held groups included), valid at Σ q = m.
   double model_a() const {
-    const double v = free_p > 0 ? free_gap2 - free_gap * free_gap / free_p : 0.0;
+    const double v = free_p > 0 ? free_pe2 - free_pe * free_pe / free_p : 0.0;
     return std::max(0.0, v) + held_a;
   }
   double model_b(double s, double cap) const {
@@ -169,31 +185,39 @@ struct ClassSums {
   double divergence(double s, double cap) const { return model_a() * s * s + model_b(s, cap) - 1.0; }
 };
 
+// Blocks of kBlock items are summed with vector lanes and then added up, which keeps the rounding of
+// the sums near the block length instead of the range length.
+inline constexpr int64_t kBlock = 1024;
+
 template <class P>
-ClassSums class_sums(const P& pool, int64_t begin, int64_t end, double nu, double s) {
-  double free_p = 0, free_pe = 0, free_gap = 0, free_gap2 = 0, capped_inv_p = 0;
-  int64_t n_free = 0, n_capped = 0;
-  const double cap = pool.cap;
-#pragma omp simd reduction(+ : free_p, free_pe, free_gap, free_gap2, capped_inv_p, n_free, n_capped)
-  for (int64_t k = begin; k < end; ++k) {
-    const double v = pool.energy(k), x = v - nu, p = pool.p(k), q = s * p * x;  // NaN for invalid items
-    const bool is_free = q > 0 && q < cap, is_capped = q >= cap;
-    free_p += is_free ? p : 0.0;
-    free_pe += is_free ? p * v : 0.0;
-    free_gap += is_free ? p * x : 0.0;
-    free_gap2 += is_free ? p * x * x : 0.0;
-    n_free += is_free;
-    capped_inv_p += is_capped ? 1.0 / p : 0.0;
-    n_capped += is_capped;
-  }
+ClassSums class_sums(const P& items, int64_t begin, int64_t end, double nu, double s) {
   ClassSums out;
-  out.free_p = free_p;
-  out.free_pe = free_pe;
-  out.free_gap = free_gap;
-  out.free_gap2 = free_gap2;
-  out.capped_inv_p = capped_inv_p;
-  out.n_free = n_free;
-  out.n_capped = n_capped;
+  const P pool = items;  // a local copy: no aliasing with the lane accumulators, so the loop vectorises
+  const double cap = pool.cap;
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int64_t stop = std::min(end, b + kBlock);
+    double free_p = 0, free_pe = 0, free_pe2 = 0, free_gap = 0, capped_inv_p = 0, n_free = 0, n_capped = 0;
+#pragma omp simd reduction(+ : free_p, free_pe, free_pe2, free_gap, capped_inv_p, n_free, n_capped)
+    for (int64_t k = b; k < stop; ++k) {
+      const double read = pool.energy(k), v = read > -kInf ? read : nu;  // an invalid item sits at ν: q = 0
+      const double x = v - nu, p = pool.p(k), q = s * p * x;
+      const double is_capped = q >= cap ? 1.0 : 0.0, is_free = (q > 0 ? 1.0 : 0.0) - is_capped;  // masks
+      free_p += is_free * p;
+      free_pe += is_free * p * v;
+      free_pe2 += is_free * p * v * v;
+      free_gap += is_free * p * x;
+      n_free += is_free;
+      capped_inv_p += is_capped / p;
+      n_capped += is_capped;
+    }
+    out.free_p += free_p;
+    out.free_pe += free_pe;
+    out.free_pe2 += free_pe2;
+    out.free_gap += free_gap;
+    out.capped_inv_p += capped_inv_p;
+    out.n_free += static_cast<int64_t>(n_free);
+    out.n_capped += static_cast<int64_t>(n_capped);
+  }
   return out;
 }
 
@@ -214,16 +238,18 @@ struct Root {
 
 // Solves h(ν) = mass given h(lo) ≥ mass ≥ h(hi), from ν in [lo, hi]: Newton on the current linear
 // piece, safeguarded by the bracket: bisection when the step leaves it, or when two Newton steps in a
-// row failed to halve the step before (creeping across many small pieces). eval(ν) returns ClassSums.
+// row failed to halve the step before (creeping across many small pieces). Stops at the exact root of a
+// piece, or when h is within the rounding of its sums. eval(ν) returns ClassSums.
 template <class Eval>
 Root solve_threshold(const Eval& eval, double s, double cap, double mass, double lo, double hi, double nu) {
   constexpr int kMaxSteps = 300;
+  constexpr double kMassTol = 1e-14;  // relative: about the rounding of the blocked sums
   ClassSums at = eval(nu);
   double last_step = kInf, step_before_last = kInf;
   bool last_newton = false;
   for (int i = 0; i < kMaxSteps; ++i) {
     const double h = at.mass(s, cap);
-    if (h == mass) break;
+    if (std::abs(h - mass) <= kMassTol * mass) break;
     (h > mass ? lo : hi) = nu;
     double next = at.piece_root(s, cap, mass);
     const bool creeping = last_newton && std::abs(next - nu) > 0.5 * std::abs(step_before_last);

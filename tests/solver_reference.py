@@ -225,7 +225,13 @@ def kkt_violation(q, e, p, tau, cap=np.inf, offsets=None, group_cap=None):
         zero_e = e[ok & (q == 0) & outside]
         capped_at = (e - cap / (s * pv))[capped & outside]
         lo[0] = zero_e.max() if len(zero_e) else (capped_at.min() if len(capped_at) else 0.0)
-    t = np.where(has, lo, lo[0])[slot]
+    # A held group without free items: its threshold sits at its highest zero item (and at least at ν).
+    zero_top = np.full(len(sizes) + 1, -np.inf)
+    zeros = ok & (q == 0)
+    np.maximum.at(zero_top, slot[zeros], e[zeros])
+    t = np.where(has, lo, np.maximum(lo[0], zero_top))
+    t[0] = lo[0]
+    t = t[slot]
     with np.errstate(invalid="ignore"):
         worst = max(worst, np.max(np.where(ok & (q == 0), e - t, -np.inf), initial=0.0))
         worst = max(worst, np.max(np.where(capped, t - (e - cap / (s * pv)), -np.inf), initial=0.0))
