@@ -8,53 +8,117 @@
 //   * mean_{A}(e) - t <= 1e-12 (no spread): q = 1/B on A;
 //   * an item of A tied with t gets weight 0.
 // Ties inside the order are broken by position (lower index first), so the result is deterministic.
-// Cost: one O(K) selection (nth_element) per group, never a full sort.
+// Cost: one pass keeping the B + 1 best items in registers by a branch-free compare-exchange cascade
+// while B + 1 <= kCascadeMax (O(K (B + 1)), no mispredicted branches), otherwise one O(K) selection
+// (nth_element); never a full sort.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <vector>
 
 namespace lark {
 
+// An item by rank: its energy and its position in the group.
 template <typename T>
-inline bool lark_valid(T v) {
-  return !std::isnan(v) && v != -INFINITY;
-}
+struct Ranked {
+  T e;
+  int64_t i;
+};
 
-// e: the group's n energies; out: its n weights; idx: scratch of at least n entries.
-template <typename T>
-void lark_rule_group(const T* e, int64_t n, int64_t B, double* out, int64_t* idx) {
-  int64_t nv = 0;
+inline constexpr int64_t kCascadeMax = 8;
+
+// Outcome of one group: ok, or the position of a +inf energy (rejected: no finite weights exist).
+inline constexpr int64_t kGroupOk = -1;
+
+// The scan: zeroes out, counts valid items and their minimum, and ranks the items. With Keep > 0 the
+// Keep best items are carried in registers down a branch-free compare-exchange cascade (only a strictly
+// larger energy moves up, so equal energies stay in index order; NaN and -inf beat nothing); with
+// Keep == 0 every valid item goes to ranked for a later selection. Returns the first +inf position or -1.
+template <int Keep, typename T>
+int64_t scan_group(const T* e, int64_t n, double* out, Ranked<T>* ranked, int64_t* nv, T* lowest) {
+  T te[Keep > 0 ? Keep : 1];
+  int64_t ti[Keep > 0 ? Keep : 1];
+  for (int j = 0; j < Keep; ++j) te[j] = -INFINITY, ti[j] = -1;
+  int64_t count = 0;
+  bool any_inf = false;
+  T low = INFINITY;
   for (int64_t i = 0; i < n; ++i) {
     out[i] = 0.0;
-    if (lark_valid(e[i])) idx[nv++] = i;
+    const T v = e[i];
+    any_inf |= v == INFINITY;
+    const bool valid = v > -INFINITY;
+    if constexpr (Keep == 0) {
+      if (valid) ranked[count] = {v, i};
+    }
+    count += valid;
+    low = valid ? std::min(low, v) : low;
+    T cv = v;
+    int64_t ci = i;
+#pragma GCC unroll 8
+    for (int j = 0; j < Keep; ++j) {
+      const bool up = cv > te[j];
+      const T a = te[j];
+      const int64_t b = ti[j];
+      te[j] = up ? cv : a;
+      ti[j] = up ? ci : b;
+      cv = up ? a : cv;
+      ci = up ? b : ci;
+    }
   }
-  if (nv == 0) return;
+  if (any_inf) return std::find(e, e + n, T(INFINITY)) - e;
+  for (int j = 0; j < Keep; ++j) ranked[j] = {te[j], ti[j]};
+  *nv = count;
+  *lowest = low;
+  return kGroupOk;
+}
+
+template <typename T>
+int64_t scan_group(const T* e, int64_t n, int64_t keep, double* out, Ranked<T>* ranked, int64_t* nv, T* lowest) {
+  switch (keep) {
+    case 2: return scan_group<2>(e, n, out, ranked, nv, lowest);
+    case 3: return scan_group<3>(e, n, out, ranked, nv, lowest);
+    case 4: return scan_group<4>(e, n, out, ranked, nv, lowest);
+    case 5: return scan_group<5>(e, n, out, ranked, nv, lowest);
+    case 6: return scan_group<6>(e, n, out, ranked, nv, lowest);
+    case 7: return scan_group<7>(e, n, out, ranked, nv, lowest);
+    case 8: return scan_group<8>(e, n, out, ranked, nv, lowest);
+    default: return scan_group<0>(e, n, out, ranked, nv, lowest);
+  }
+}
+
+// e: the group's n energies; out: its n weights; ranked: scratch of at least max(n, kCascadeMax) entries.
+// Returns kGroupOk, or the position of the first +inf energy.
+template <typename T>
+int64_t lark_rule_group(const T* e, int64_t n, int64_t B, double* out, Ranked<T>* ranked) {
+  const int64_t keep = B + 1;  // A and the first excluded item
+  int64_t nv;                  // valid items
+  T lowest;
+  const int64_t bad = scan_group(e, n, keep, out, ranked, &nv, &lowest);
+  if (bad != kGroupOk || nv == 0) return bad;
 
   int64_t na;  // |A|
   double t;
   if (B >= nv) {
-    double mn = static_cast<double>(e[idx[0]]);
-    for (int64_t j = 1; j < nv; ++j) mn = std::min(mn, static_cast<double>(e[idx[j]]));
     na = nv;
-    t = mn - 1e-8;
+    t = static_cast<double>(lowest) - 1e-8;
   } else {
-    // Strict total order: larger energy first, then lower index.
-    auto before = [e](int64_t a, int64_t b) { return e[a] > e[b] || (e[a] == e[b] && a < b); };
-    std::nth_element(idx, idx + B, idx + nv, before);
+    if (keep > kCascadeMax) {
+      auto before = [](const Ranked<T>& a, const Ranked<T>& b) { return a.e > b.e || (a.e == b.e && a.i < b.i); };
+      std::nth_element(ranked, ranked + B, ranked + nv, before);
+    }
     na = B;
-    t = static_cast<double>(e[idx[B]]);
+    t = static_cast<double>(ranked[B].e);
   }
 
   double spread = 0.0;  // sum_{A} (e - t)
-  for (int64_t j = 0; j < na; ++j) spread += static_cast<double>(e[idx[j]]) - t;
+  for (int64_t j = 0; j < na; ++j) spread += static_cast<double>(ranked[j].e) - t;
   if (spread / static_cast<double>(na) <= 1e-12) {
-    for (int64_t j = 0; j < na; ++j) out[idx[j]] = 1.0 / static_cast<double>(B);
-    return;
+    for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = 1.0 / static_cast<double>(B);
+    return kGroupOk;
   }
-  for (int64_t j = 0; j < na; ++j) out[idx[j]] = (static_cast<double>(e[idx[j]]) - t) / spread;
+  for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = (static_cast<double>(ranked[j].e) - t) / spread;
+  return kGroupOk;
 }
 
 }  // namespace lark

@@ -126,7 +126,8 @@ def cmd_select(args) -> int:
     from .table import ScoreTable, write_json
 
     table = ScoreTable.read(args.scores)
-    weights = select(table, B=args.B, method=args.method, score_column=args.score_column)
+    weights = select(table, B=args.B, method=args.method, score_column=args.score_column, tau=args.tau,
+                     radius=args.radius, cap=args.cap, group_cap=args.group_cap)
     counts = write_train_set(args.input, table, weights, args.output, score_column=args.score_column,
                              on_error=args.on_error)
     report_issues(counts["issues"])
@@ -134,7 +135,8 @@ def cmd_select(args) -> int:
     man = manifest_path(args.output)
     write_json(man, {
         "command": "select", "scores": str(args.scores), "input": str(args.input), "output": str(args.output),
-        "method": args.method, "B": args.B, "score_column": args.score_column,
+        "method": args.method, "B": args.B, "score_column": args.score_column, "tau": args.tau,
+        "radius": args.radius, "cap": args.cap, "group_cap": args.group_cap,
         "counts": {**summary["counts"], "written": counts["written"], "pool_records": counts["pool_records"],
                    "pool_records_not_in_scores": counts["pool_records_not_in_scores"]},
         "problems_with_fewer_than_B_valid": summary["problems_with_fewer_than_B_valid"],
@@ -142,7 +144,7 @@ def cmd_select(args) -> int:
     c = summary["counts"]
     print(f"selected {counts['written']} trajectories for {c['problems']} problems (B={args.B}); "
           f"{c['problems_with_fewer_than_B_valid']} problems had fewer than B valid candidates")
-    if c["selected_with_zero_weight"]:
+    if args.method == "lark" and c["selected_with_zero_weight"]:
         print(f"{c['selected_with_zero_weight']} top-B candidates tied with the threshold got weight 0 "
               "and were left out")
     print(f"wrote {args.output}, {man}")
@@ -196,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="the pool that was scored")
     s.add_argument("--B", type=int, default=3, help="candidates kept per problem (default 3)")
     s.add_argument("--output", required=True, help="training set (.jsonl, published schema)")
-    s.add_argument("--method", default="lark", choices=("lark",), help="selection rule (default lark)")
+    s.add_argument("--method", default="lark", choices=("lark", "chi2", "chi2_global"),
+                   help="lark (default): top-B rule; chi2: χ² weights per problem; chi2_global: one χ² budget "
+                   "over all problems (SPEC §5)")
+    s.add_argument("--tau", type=float, default=None, help="chi2*: penalty τ > 0 (give --tau or --radius)")
+    s.add_argument("--radius", type=float, default=None, help="chi2*: χ² radius r >= 0 around the reference")
+    s.add_argument("--cap", type=float, default=None, help="chi2*: largest weight of one candidate")
+    s.add_argument("--group-cap", type=float, default=None,
+                   help="chi2_global: largest total weight of one problem (a problem averages 1)")
     s.add_argument("--score-column", default="g_hat", help="score to rank by, higher is better (default g_hat)")
     s.add_argument("--on-error", choices=ON_ERROR, default="skip")
     s.set_defaults(func=cmd_select)

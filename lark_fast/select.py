@@ -11,7 +11,7 @@ import numpy as np
 from . import solver
 from .table import ScoreTable, atomic_write
 
-METHODS = ("lark",)
+METHODS = ("lark", "chi2", "chi2_global")
 
 
 def _table(scores) -> ScoreTable:
@@ -26,16 +26,27 @@ def _table(scores) -> ScoreTable:
     raise TypeError(f"scores: expected a ScoreTable, a path or a dict of columns, got {type(scores).__name__}")
 
 
-def select(scores, *, B: int = 3, method: str = "lark", score_column: str = "g_hat") -> np.ndarray:
+def select(scores, *, B: int = 3, method: str = "lark", score_column: str = "g_hat", tau=None, radius=None,
+           cap=None, group_cap=None) -> np.ndarray:
     """Per-trajectory weights aligned with the rows of ``scores`` (0 = not selected).
 
     ``method="lark"``: per problem, the top-B candidates by ``score_column`` (higher is better),
     weighted by their margin over the first excluded one (SPEC §5). Rows whose status is not ``ok``
     or whose score is NaN are never selected while a valid candidate remains; a problem with fewer
     than B valid candidates keeps all of them.
+
+    ``method="chi2"``: per problem, the χ²-regularised weights of `solver.chi2_weights` with exactly
+    one of ``tau`` (penalised) or ``radius`` (constrained), and optional item ``cap``; each problem's
+    weights sum to 1. ``method="chi2_global"``: one budget over all problems (`solver.chi2_global`),
+    scaled so the weights sum to the number of problems (a problem averages 1, as with the other
+    methods); ``cap`` (per candidate) and ``group_cap`` (per problem) are in those units.
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if method == "lark" and any(v is not None for v in (tau, radius, cap, group_cap)):
+        raise ValueError("tau, radius, cap, group_cap: only for method='chi2' or 'chi2_global'")
+    if method == "chi2" and group_cap is not None:
+        raise ValueError("group_cap: only for method='chi2_global' (with 'chi2' every problem sums to 1)")
     table = _table(scores)
     for col in ("problem_id", score_column):
         if col not in table:
@@ -45,7 +56,15 @@ def select(scores, *, B: int = 3, method: str = "lark", score_column: str = "g_h
         energy[table["status"] != "ok"] = np.nan
     order, offsets = solver.group_offsets(table["problem_id"])
     weights = np.zeros(len(energy))
-    weights[order] = solver.lark_weights(energy[order], offsets, B)
+    if method == "lark":
+        weights[order] = solver.lark_weights(energy[order], offsets, B)
+    elif method == "chi2":
+        weights[order] = solver.chi2_weights(energy[order], offsets, tau=tau, radius=radius, cap=cap)
+    else:
+        g = len(offsets) - 1
+        per = (lambda c: None if c is None else np.asarray(c, dtype=np.float64) / g)
+        weights[order] = g * solver.chi2_global(energy[order], tau=tau, radius=radius, cap=per(cap),
+                                                offsets=offsets, group_cap=per(group_cap))
     return weights
 
 
