@@ -99,18 +99,26 @@ def resolve_device(name: Optional[str]) -> str:
     return str(name)
 
 
+def local_directory(spec) -> Path:
+    """The Hugging Face directory of a model spec (converting a GGUF file once)."""
+    directory, gguf = resolve_model(spec)
+    return _converted_gguf(directory, gguf) if gguf is not None else directory
+
+
+def load_tokenizer(spec):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(local_directory(spec), local_files_only=True)
+
+
 def load_student(spec, device: Optional[str] = "auto", dtype: Optional[str] = "auto"):
     """Loads ``(model, tokenizer)`` from local files, in eval mode, on ``device`` in ``dtype``."""
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    directory, gguf = resolve_model(spec)
-    if gguf is not None:
-        directory = _converted_gguf(directory, gguf)
+    directory = local_directory(spec)
     device = resolve_device(device)
     dt = torch_dtype(dtype, device)
     major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
     dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **{dtype_kw: dt})
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), load_tokenizer(directory)
