@@ -6,6 +6,7 @@ import collections
 import sys
 from pathlib import Path
 
+from .methods import METHODS
 from .pool import ON_ERROR, PoolError
 
 MAX_ISSUES_SHOWN = 20
@@ -78,7 +79,8 @@ def cmd_score(args) -> int:
     run_dir = Path(str(args.output) + ".parts")
     table = score(model, tokenizer, args.input, max_length=args.max_length, batch_size=args.batch_size,
                   max_tokens_per_batch=args.max_tokens_per_batch, topk=args.topk, on_error=args.on_error,
-                  chat_template=template, progress=not args.quiet, packing="off" if args.no_packing else "auto",
+                  methods=[m for m in args.methods.split(",") if m], chat_template=template,
+                  progress=not args.quiet, packing="off" if args.no_packing else "auto",
                   run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard)
     if shard.rank != 0:
         return 0
@@ -122,20 +124,21 @@ def lark_json(table) -> dict:
 
 
 def cmd_select(args) -> int:
+    from .methods import method
     from .select import select, selection_summary, write_train_set
     from .table import ScoreTable, write_json
 
     table = ScoreTable.read(args.scores)
-    weights = select(table, B=args.B, method=args.method, score_column=args.score_column, tau=args.tau,
+    column = args.score_column or method(args.by).column
+    weights = select(table, B=args.B, method=args.method, by=args.by, score_column=args.score_column, tau=args.tau,
                      radius=args.radius, cap=args.cap, group_cap=args.group_cap)
-    counts = write_train_set(args.input, table, weights, args.output, score_column=args.score_column,
-                             on_error=args.on_error)
+    counts = write_train_set(args.input, table, weights, args.output, score_column=column, on_error=args.on_error)
     report_issues(counts["issues"])
-    summary = selection_summary(table, weights, args.B, args.score_column)
+    summary = selection_summary(table, weights, args.B, column)
     man = manifest_path(args.output)
     write_json(man, {
         "command": "select", "scores": str(args.scores), "input": str(args.input), "output": str(args.output),
-        "method": args.method, "B": args.B, "score_column": args.score_column, "tau": args.tau,
+        "method": args.method, "B": args.B, "by": args.by, "score_column": column, "tau": args.tau,
         "radius": args.radius, "cap": args.cap, "group_cap": args.group_cap,
         "counts": {**summary["counts"], "written": counts["written"], "pool_records": counts["pool_records"],
                    "pool_records_not_in_scores": counts["pool_records_not_in_scores"]},
@@ -148,6 +151,13 @@ def cmd_select(args) -> int:
         print(f"{c['selected_with_zero_weight']} top-B candidates tied with the threshold got weight 0 "
               "and were left out")
     print(f"wrote {args.output}, {man}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    print(f"{'method':<19} {'column':<19} {'better':<7} {'cost':<15} definition")
+    for m in METHODS.values():
+        print(f"{m.name:<19} {m.column:<19} {'higher' if m.direction > 0 else 'lower':<7} {m.cost:<15} {m.definition}")
     return 0
 
 
@@ -180,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="score table (.parquet or .jsonl)")
     model_flags(s)
     s.add_argument("--topk", type=int, default=50, help="K of the published top-K Brier column (0 = off)")
+    s.add_argument("--methods", default="lark",
+                   help="comma-separated selection proxies to add as columns (fused-pass ones are always there); "
+                        "see `lark-fast methods`")
     s.add_argument("--on-error", choices=ON_ERROR, default="skip",
                    help="skip (default): report bad records and score the rest; fail: stop at the first")
     s.add_argument("--format", choices=("table", "lark-json"), default="table",
@@ -206,9 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cap", type=float, default=None, help="chi2*: largest weight of one candidate")
     s.add_argument("--group-cap", type=float, default=None,
                    help="chi2_global: largest total weight of one problem (a problem averages 1)")
-    s.add_argument("--score-column", default="g_hat", help="score to rank by, higher is better (default g_hat)")
+    s.add_argument("--by", default="lark", choices=sorted(METHODS),
+                   help="selection proxy to rank by, in its own direction (default lark = g_hat); "
+                        "see `lark-fast methods`")
+    s.add_argument("--score-column", default=None, help="rank by this column instead, higher is better")
     s.add_argument("--on-error", choices=ON_ERROR, default="skip")
     s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("methods", help="list the selection proxies: column, direction, cost, definition")
+    s.set_defaults(func=cmd_methods)
 
     s = sub.add_parser("demo", help="the whole pipeline on SmolLM2-135M and real CHAMP teacher trajectories, on CPU")
     s.add_argument("--output-dir", default="lark_demo", help="where pool, scores and train.jsonl go")

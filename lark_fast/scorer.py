@@ -24,6 +24,7 @@ import torch
 from . import attention, chat, ops
 from .checkpoint import COLUMNS, RunDirectory, concat
 from .dist import Shard
+from .methods import EXTRA, METHODS, answer_only, is_ok, random_scores, step_windows
 from .dist import barrier as dist_barrier
 from .packing import pack_ffd, packed_row
 from .pool import PoolReader
@@ -216,6 +217,8 @@ class Scorer:
 class _Results:
     """Per-record rows of one process, flushed to the run directory in parts (or kept in memory)."""
 
+    SUMS = ("nll", "brier", "entropy", "rank_clipped", "brier_topk", "ifd_nll", "ifd_n", "local_nll", "local_n")
+
     def __init__(self, run_dir: Optional[RunDirectory], every_records: int, every_seconds: float):
         self.run_dir = run_dir
         self.every_records = every_records
@@ -229,8 +232,7 @@ class _Results:
         s = sums or {}
         self.rows.append((ordinal, rec.problem_id, rec.candidate_id, rec.teacher, tok.truncated,
                           status or tok.status, reason if reason is not None else tok.reason,
-                          int(s.get("n_tokens", 0)), *(float(s.get(k, np.nan)) for k in
-                                                       ("nll", "brier", "entropy", "rank_clipped", "brier_topk"))))
+                          int(s.get("n_tokens", 0)), *(float(s.get(k, np.nan)) for k in self.SUMS)))
         if len(self.rows) >= self.every_records or time.monotonic() - self.last_flush >= self.every_seconds:
             self.flush()
 
@@ -245,12 +247,32 @@ class _Results:
         self.last_flush = time.monotonic()
 
 
-def _read_and_tokenize(reader, scorer: Scorer, shard: Shard, done: set, out: queue.Queue) -> None:
-    """Background worker: validated, tokenised records of this shard, in order; then None."""
+class _Pending:
+    """A record whose forwards (its own, and those of ifd / local_naturalness) are not all scored yet."""
+
+    def __init__(self, rec, tok, n_items: int):
+        self.rec, self.tok, self.left = rec, tok, n_items
+        self.sums: dict = {}
+        self.status, self.reason = None, None
+
+
+def _read_and_tokenize(reader, scorer: Scorer, shard: Shard, done: set, extra: tuple, out: queue.Queue) -> None:
+    """Background worker: (ordinal, record, [(kind, Tokenized), ...]) of this shard, in order; then None.
+
+    The first item is the record itself; ``extra`` methods add the forwards they need.
+    """
     try:
         for ordinal, rec in enumerate(reader):
-            if shard.owns(ordinal) and ordinal not in done:
-                out.put((ordinal, rec, scorer.chat(rec.messages)))
+            if not shard.owns(ordinal) or ordinal in done:
+                continue
+            tok = scorer.chat(rec.messages)
+            items = [("main", tok)]
+            if tok.status == chat.OK:
+                if "ifd" in extra:
+                    items.append(("ifd", answer_only(scorer.chat, rec.messages, tok)))
+                if "local_naturalness" in extra:
+                    items += [("local", w) for w in step_windows(scorer.chat, rec.messages, tok)]
+            out.put((ordinal, rec, [(k, t) for k, t in items if k == "main" or is_ok(t)]))
         out.put(None)
     except BaseException as e:  # handed to the consumer, which re-raises it
         out.put(e)
@@ -258,16 +280,19 @@ def _read_and_tokenize(reader, scorer: Scorer, shard: Shard, done: set, out: que
 
 def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: Optional[int] = None,
           max_tokens_per_batch: int = 8192, batch_size: Optional[int] = None, topk: int = 50,
-          on_error: str = "skip", chat_template: Optional[str] = None, progress: bool = True,
-          verify_head: bool = True, packing: str = "auto", run_dir=None, overwrite: bool = False,
-          checkpoint_every: int = 2000, shard: Optional[Shard] = None) -> ScoreTable:
+          methods: Iterable[str] = (), random_seed: int = 0, on_error: str = "skip",
+          chat_template: Optional[str] = None, progress: bool = True, verify_head: bool = True,
+          packing: str = "auto", run_dir=None, overwrite: bool = False, checkpoint_every: int = 2000,
+          shard: Optional[Shard] = None) -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (SPEC §3).
 
     ``records``: a ``.jsonl``/``.parquet`` path or an iterable of dicts (SPEC §7). Returns one row
     per record read, in input order, with columns ``problem_id, candidate_id, teacher, n_tokens,
-    truncated, status, L, brier, rho, g_hat, entropy, rsr, brier_top{topk}, reason``. Records that
-    cannot be read are in ``table.issues``; read but unscorable ones have a status other than
-    ``ok`` and NaN scores. ``max_length`` (default: the model's context) truncates, flagged.
+    truncated, status, L, brier, rho, g_hat, entropy, rsr, global_naturalness, brier_top{topk},
+    reason`` and one more per requested method of ``lark_fast.methods`` that is not computed in the
+    fused pass (``random``, ``ifd``, ``local_naturalness``). Records that cannot be read are in
+    ``table.issues``; read but unscorable ones have a status other than ``ok`` and NaN scores.
+    ``max_length`` (default: the model's context) truncates, flagged.
 
     Trajectories are packed into forwards of at most ``max_tokens_per_batch`` tokens (a longer one
     goes alone) and ``batch_size`` trajectories. With ``run_dir``, results are flushed there in parts
@@ -276,6 +301,11 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     which then need a shared ``run_dir``; every process returns the merged table.
     """
     shard = shard or Shard()
+    wanted = tuple(sorted(set(methods)))
+    unknown = [m for m in wanted if m not in METHODS]
+    if unknown:
+        raise ValueError(f"methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    extra = tuple(m for m in wanted if METHODS[m].cost == EXTRA)
     if max_tokens_per_batch < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError("max_tokens_per_batch and batch_size must be >= 1")
     if shard.world > 1 and run_dir is None:
@@ -287,7 +317,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     if run_dir is not None:
         fingerprint = {"pool": _describe_source(reader), "model": _describe_model(model), "topk": topk,
                        "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
-                       "lark_fast": __import__("lark_fast").__version__}
+                       "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__}
         if shard.rank == 0:
             store = RunDirectory(run_dir, fingerprint, 0, overwrite)
         dist_barrier(shard)
@@ -305,10 +335,33 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
                dynamic_ncols=True)
     t0 = time.perf_counter()
     n_tokens = 0
+    pending: dict = {}
+
+    def finish(ordinal: int, kind: str, sums: Optional[dict], tok) -> None:
+        """Books one scored forward of a record; a record is written once all its forwards are in."""
+        nonlocal n_tokens
+        p = pending[ordinal]
+        if kind == "main":
+            if sums is None:
+                p.status = chat.OUT_OF_MEMORY
+                p.reason = f"does not fit in memory even alone ({len(tok.input_ids)} tokens); lower --max-length"
+            else:
+                p.sums.update(sums)
+                n_tokens += int(sums["n_tokens"])
+        elif sums is not None:
+            for name in ("nll", "n"):
+                key = f"{kind}_{name}"
+                p.sums[key] = p.sums.get(key, 0.0) + (sums["nll"] if name == "nll" else sums["n_tokens"])
+        else:
+            p.sums[f"{kind}_n"] = np.nan  # the method's value is lost for this record, not the record
+        p.left -= 1
+        if p.left == 0:
+            results.add(ordinal, p.rec, p.tok, p.sums, status=p.status, reason=p.reason)
+            del pending[ordinal]
+            bar.update(1)
 
     def run(batch: list) -> None:
-        """Scores (ordinal, record, Tokenized) items; on out-of-memory splits the batch and retries."""
-        nonlocal n_tokens
+        """Scores (ordinal, kind, Tokenized) items; on out-of-memory splits the batch and retries."""
         try:
             sums = scorer.score_batch([t for _, _, t in batch])
         except Exception as e:
@@ -320,17 +373,11 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
                 half = len(batch) // 2
                 run(batch[:half])
                 run(batch[half:])
-                return
-            ordinal, rec, tok = batch[0]
-            results.add(ordinal, rec, tok, status=chat.OUT_OF_MEMORY,
-                        reason=f"does not fit in memory even alone ({len(tok.input_ids)} tokens); "
-                               "lower --max-length")
-            bar.update(1)
+            else:
+                finish(batch[0][0], batch[0][1], None, batch[0][2])
             return
-        for j, (ordinal, rec, tok) in enumerate(batch):
-            results.add(ordinal, rec, tok, {k: v[j] for k, v in sums.items()})
-        n_tokens += int(sums["n_tokens"].sum())
-        bar.update(len(batch))
+        for j, (ordinal, kind, tok) in enumerate(batch):
+            finish(ordinal, kind, {k: v[j] for k, v in sums.items()}, tok)
         bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
 
     def flush_window(window: list) -> None:
@@ -338,7 +385,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
             run([window[i] for i in row])
 
     items: queue.Queue = queue.Queue(maxsize=4096)
-    worker = threading.Thread(target=_read_and_tokenize, args=(reader, scorer, shard, done, items), daemon=True)
+    worker = threading.Thread(target=_read_and_tokenize, args=(reader, scorer, shard, done, extra, items),
+                              daemon=True)
     worker.start()
     window, window_tokens = [], 0
     try:
@@ -348,13 +396,16 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
                 break
             if isinstance(item, BaseException):
                 raise item
-            ordinal, rec, tok = item
+            ordinal, rec, forwards = item
+            tok = forwards[0][1]
             if tok.status != chat.OK:
                 results.add(ordinal, rec, tok)
                 bar.update(1)
                 continue
-            window.append(item)
-            window_tokens += len(tok.input_ids)
+            pending[ordinal] = _Pending(rec, tok, len(forwards))
+            for kind, t in forwards:
+                window.append((ordinal, kind, t))
+                window_tokens += len(t.input_ids)
             if window_tokens >= 4 * max_tokens_per_batch:
                 flush_window(window)
                 window, window_tokens = [], 0
@@ -376,12 +427,14 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     info = {"seconds": seconds, "scored_tokens_this_run": n_tokens, "records_read": reader.n_valid,
             "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
             "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
-            "model": type(model).__name__, "corrupt_parts_redone": store.problems if store is not None else []}
-    return build_table(cols, topk, reader.issues, info)
+            "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
+            "corrupt_parts_redone": store.problems if store is not None else []}
+    return build_table(cols, topk, reader.issues, info, wanted, random_seed)
 
 
-def build_table(cols: dict, topk: int, issues: list, info: dict) -> ScoreTable:
-    """The score table from per-record sums (SPEC §3): per-trajectory means, then g_hat per problem."""
+def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple = (), random_seed: int = 0) -> ScoreTable:
+    """The score table from per-record sums (SPEC §3): per-trajectory means, then g_hat per problem,
+    then the columns of the requested extra methods."""
     per = trajectory_scores(cols["n_tokens"], cols["nll"], cols["brier"], cols["entropy"], cols["rank_clipped"],
                             cols["brier_topk"] if topk else None)
     status = cols["status"].copy()
@@ -399,10 +452,18 @@ def build_table(cols: dict, topk: int, issues: list, info: dict) -> ScoreTable:
         "n_tokens": np.where(ok, cols["n_tokens"], 0), "truncated": cols["truncated"], "status": status,
         "L": per["L"], "brier": per["brier"], "rho": per["rho"],
         "g_hat": lark_energy(cols["problem_id"], per["L"], per["brier"], ok),
-        "entropy": per["entropy"], "rsr": per["rsr"],
+        "entropy": per["entropy"], "rsr": per["rsr"], "global_naturalness": -per["L"],
     }
     if topk:
         columns[f"brier_top{topk}"] = per["brier_topk"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if "random" in wanted:
+            columns["random"] = random_scores(cols["problem_id"], cols["candidate_id"], random_seed)
+        if "ifd" in wanted:
+            columns["ifd"] = np.where(ok & (cols["ifd_n"] > 0), per["L"] / (cols["ifd_nll"] / cols["ifd_n"]), np.nan)
+        if "local_naturalness" in wanted:
+            columns["local_naturalness"] = np.where(ok & (cols["local_n"] > 0), -cols["local_nll"] / cols["local_n"],
+                                                    np.nan)
     columns["reason"] = reason
     info = {**info, "scored_tokens": int(columns["n_tokens"].sum())}
     return ScoreTable(columns, issues=issues, info=info)

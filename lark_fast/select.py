@@ -4,11 +4,12 @@ in the published schema (SPEC §6).
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
 from . import solver
+from .methods import ranking_score
 from .table import ScoreTable, atomic_write
 
 METHODS = ("lark", "chi2", "chi2_global")
@@ -26,14 +27,19 @@ def _table(scores) -> ScoreTable:
     raise TypeError(f"scores: expected a ScoreTable, a path or a dict of columns, got {type(scores).__name__}")
 
 
-def select(scores, *, B: int = 3, method: str = "lark", score_column: str = "g_hat", tau=None, radius=None,
-           cap=None, group_cap=None) -> np.ndarray:
+def select(scores, *, B: int = 3, method: str = "lark", by: str = "lark", score_column: Optional[str] = None,
+           tau=None, radius=None, cap=None, group_cap=None) -> np.ndarray:
     """Per-trajectory weights aligned with the rows of ``scores`` (0 = not selected).
 
-    ``method="lark"``: per problem, the top-B candidates by ``score_column`` (higher is better),
-    weighted by their margin over the first excluded one (SPEC §5). Rows whose status is not ``ok``
-    or whose score is NaN are never selected while a valid candidate remains; a problem with fewer
-    than B valid candidates keeps all of them.
+    The score ranked on is the selection proxy ``by`` (a name of ``lark_fast.methods.METHODS``:
+    ``lark`` = g_hat, ``rsr``, ``ifd``, ...), oriented by its direction so that lower-is-better
+    proxies select their lowest values; or, with ``score_column``, any column taken as
+    higher-is-better.
+
+    ``method="lark"``: per problem, the top-B candidates by that score, weighted by their margin over
+    the first excluded one (SPEC §5). Rows whose status is not ``ok`` or whose score is NaN are never
+    selected while a valid candidate remains; a problem with fewer than B valid candidates keeps all
+    of them.
 
     ``method="chi2"``: per problem, the χ²-regularised weights of `solver.chi2_weights` with exactly
     one of ``tau`` (penalised) or ``radius`` (constrained), and optional item ``cap``; each problem's
@@ -48,10 +54,11 @@ def select(scores, *, B: int = 3, method: str = "lark", score_column: str = "g_h
     if method == "chi2" and group_cap is not None:
         raise ValueError("group_cap: only for method='chi2_global' (with 'chi2' every problem sums to 1)")
     table = _table(scores)
-    for col in ("problem_id", score_column):
+    for col in ("problem_id",) + ((score_column,) if score_column else ()):
         if col not in table:
             raise ValueError(f"scores: no column {col!r}; columns: {', '.join(table.column_names)}")
-    energy = np.asarray(table[score_column], dtype=np.float64).copy()
+    energy = (np.asarray(table[score_column], dtype=np.float64).copy() if score_column
+              else ranking_score(table, by))
     if "status" in table:
         energy[table["status"] != "ok"] = np.nan
     order, offsets = solver.group_offsets(table["problem_id"])
