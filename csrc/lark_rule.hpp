@@ -32,8 +32,9 @@ inline constexpr int64_t kCascadeMax = 8;
 inline constexpr int64_t kGroupOk = -1;
 
 // The scan: zeroes out, counts valid items and their minimum, and ranks the items. With Keep > 0 the
-// Keep best items are carried in registers down a branch-free compare-exchange cascade (only a strictly
-// larger energy moves up, so equal energies stay in index order; NaN and -inf beat nothing); with
+// Keep best items are carried in registers down a branch-free compare-exchange cascade ordered by
+// (energy desc, index asc), so an item displaced down the cascade still passes equal energies of
+// later items; NaN and -inf beat nothing); with
 // Keep == 0 every valid item goes to ranked for a later selection. Returns the first +inf position or -1.
 template <int Keep, typename T>
 int64_t scan_group(const T* e, int64_t n, double* out, Ranked<T>* ranked, int64_t* nv, T* lowest) {
@@ -57,7 +58,7 @@ int64_t scan_group(const T* e, int64_t n, double* out, Ranked<T>* ranked, int64_
     int64_t ci = i;
 #pragma GCC unroll 8
     for (int j = 0; j < Keep; ++j) {
-      const bool up = cv > te[j];
+      const bool up = cv > te[j] || (cv == te[j] && ci < ti[j]);  // (energy desc, index asc)
       const T a = te[j];
       const int64_t b = ti[j];
       te[j] = up ? cv : a;

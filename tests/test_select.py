@@ -47,6 +47,8 @@ CASES = [
     ([-np.inf, 0.0, 1.0], 2),                # -inf is invalid too
     ([7.0], 1),
     ([1e-14, 0.0, 0.0], 1),                  # spread below 1e-12
+    ([0.0, 0.0, 1e-106], 2),                 # a tie displaced by a later larger item keeps index order
+    ([0.0, 0.5, 0.0, 1.0, 0.0], 3),
 ]
 
 
