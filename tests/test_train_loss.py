@@ -3,8 +3,7 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from test_lm_head_stats import LargestAllocation
 
 from lark_fast.kernels.weighted_ce import WeightedCETriton, weighted_ce_naive
 from lark_fast.kernels.weighted_ce.torch_chunked import TEMP_BUDGET
@@ -161,19 +160,6 @@ def test_grad_output_scales_gradients():
     assert torch.allclose(g3, -2.5 * g1, rtol=1e-6, atol=0) and torch.allclose(gw3, -2.5 * gw1, rtol=1e-6, atol=0)
 
 
-class LargestAllocation(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.max_bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
-        return out
-
-
 def test_no_tokens_by_vocab_allocation():
     N, d, V = 2048, 8, 65536
     h, W, b, y, w = make(N, d, V, seed=6)
@@ -208,3 +194,18 @@ def test_errors_name_the_argument(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         weighted_sft_loss(args.pop("hidden"), args.pop("weight"), args.pop("targets"), args.pop("token_weights"),
                           args.pop("normalizer"), **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or WeightedCETriton is None, reason="compiled Triton needs CUDA")
+def test_cuda_bf16_real_shape_and_determinism():
+    """Qwen2.5-0.5B's head in bf16: no worse than the unfused bf16 loss against fp32, and bitwise repeatable."""
+    h, W, b, y, w = make(2048, 896, 151936, seed=12, dtype=torch.bfloat16)
+    h, W, y, w = h.cuda(), (W / 3).cuda(), y.cuda(), w.cuda()
+    runs = [grads(lambda h, W: weighted_sft_loss(h, W, y, w, 100.0), h, W) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and all(torch.equal(a, c) for a, c in zip(runs[0][1], runs[1][1]))
+    naive = grads(lambda h, W: weighted_ce_naive(h, W, y, w, 100.0, dtype=torch.bfloat16), h, W)
+    ref = grads(lambda h, W: weighted_ce_naive(h, W, y, w, 100.0, dtype=torch.float32), h.float(), W.float())
+    loss, ours = runs[0]
+    assert abs(loss.item() - ref[0].item()) <= abs(naive[0].float().item() - ref[0].item()) + 1e-4 * ref[0].item()
+    for o, n, r in zip(ours, naive[1], ref[1]):
+        assert (o.float() - r).abs().max() <= (n.float() - r).abs().max() + 2 ** -9 * r.abs().max()

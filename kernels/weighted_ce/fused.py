@@ -76,18 +76,22 @@ def _logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, 
     return z, t
 
 
+@triton.jit
+def _grouped(pid, N, n_cols, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
+    # (token block, column block) of a program: GROUP_N consecutive token blocks walk the column blocks together.
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_N * n_cols
+    first = (pid // in_group) * GROUP_N
+    group_size = tl.minimum(n_blocks - first, GROUP_N)
+    return first + (pid % in_group) % group_size, (pid % in_group) // group_size
+
+
 @triton.jit(do_not_specialize=["N", "V", "n_splits"])
 def _forward_kernel(H, W, Bias, Y, PartM, PartS, PartZy, N, V, D, stride_h, stride_w, logit_scale, softcap,
                     vocab_per_split, n_splits, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_N * n_splits
-    first = (pid // in_group) * GROUP_N
-    group_size = tl.minimum(n_blocks - first, GROUP_N)
-    pid_n = first + (pid % in_group) % group_size
-    pid_s = (pid % in_group) // group_size
+    pid_n, pid_s = _grouped(tl.program_id(0), N, n_splits, BLOCK_N, GROUP_N)
 
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -118,14 +122,7 @@ def _grad_logits_kernel(H, W, Bias, Y, Lse, K, G, N, V, D, stride_h, stride_w, s
                         HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                         BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    v_blocks = tl.cdiv(V, BLOCK_V)
-    in_group = GROUP_N * v_blocks
-    first = (pid // in_group) * GROUP_N
-    group_size = tl.minimum(n_blocks - first, GROUP_N)
-    pid_n = first + (pid % in_group) % group_size
-    pid_v = (pid % in_group) // group_size
+    pid_n, pid_v = _grouped(tl.program_id(0), N, tl.cdiv(V, BLOCK_V), BLOCK_N, GROUP_N)
 
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
