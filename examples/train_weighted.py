@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def main() -> int:
         model, tokenizer = load_student(STUDENT_PACKAGE, "cpu", "float32")
         ds = WeightedSFTDataset(train_pool, tokenizer, weights=np.zeros(len(train_pool)), max_length=args.max_length)
         ds.set_weights(arms[arm], keys=LarkScorer.keys(table))
-        targs = TrainingArguments(output_dir=str(Path(args.output).parent / f".runs/{arm}"), max_steps=args.steps,
+        targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix=f"lark_train_{arm}_"), max_steps=args.steps,
                                   per_device_train_batch_size=1, learning_rate=args.lr, lr_scheduler_type="constant",
                                   weight_decay=0.0, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                                   seed=args.seed, disable_tqdm=True)

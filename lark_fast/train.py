@@ -95,10 +95,9 @@ def read_train_set(source) -> list:
         if not isinstance(row, Mapping):
             raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
         meta = row.get("meta")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ValueError(f"{where}: meta: expected an object, got {type(meta).__name__}")
         flat = dict(row) if meta is None else {"messages": row.get("messages"), **dict(meta)}
-        if isinstance(flat.get("messages"), list):  # datasets fills absent struct fields with None
-            flat["messages"] = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, Mapping)
-                                else m for m in flat["messages"]]
         flat.setdefault("teacher", "")
         prefix = "meta." if meta is not None else ""
         try:

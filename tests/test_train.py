@@ -5,6 +5,10 @@ float64 mean nll of its assistant span (token t predicted from position t - 1), 
 by the number of problems.
 """
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from transformers import TrainingArguments
 
 import lark_fast
 from lark_fast.chat import ChatTokenizer
+from lark_fast.select import write_train_set
 from lark_fast.train import (AnchorRefreshCallback, LarkScorer, PackedCollator, WeightedSFTDataset,
                              WeightedSFTTrainer, read_train_set)
 
@@ -173,17 +178,18 @@ def test_constant_normalizer(setup, tmp_path):
 
 
 def test_trl_dataset_in_published_schema(setup, tmp_path):
-    """train.jsonl from write_train_set, loaded as TRL users do (datasets' json loader), trains the same."""
-    datasets = pytest.importorskip("datasets")
+    """train.jsonl from write_train_set, loaded as TRL users do (datasets' json loader), gives the same
+    trajectories and weights as the file itself."""
+    import datasets
     tok, records, _ = setup
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(r) + "\n" for r in records))
     model = tiny_llama(vocab_size=len(tok), tie=True, init_std=0.05)
     table = lark_fast.score(model, tok, str(pool), progress=False, topk=0)
     weights = lark_fast.select(table, B=2)
-    from lark_fast.select import write_train_set
     write_train_set(str(pool), table, weights, tmp_path / "train.jsonl")
-    hf = datasets.load_dataset("json", data_files=str(tmp_path / "train.jsonl"), split="train")
+    hf = datasets.load_dataset("json", data_files=str(tmp_path / "train.jsonl"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
     from_path = WeightedSFTDataset(str(tmp_path / "train.jsonl"), tok)
     from_hf = WeightedSFTDataset(hf, tok)
     assert from_hf.keys == from_path.keys and from_hf.input_ids == from_path.input_ids
@@ -227,15 +233,15 @@ def test_anchor_refresh_rescores_with_the_live_model(setup, tmp_path):
 
 def test_data_parallel_step_equals_single_process(setup, tmp_path):
     """Two DDP processes (CPU, gloo) with one record each take the single-process oracle's SGD step."""
-    import os
-    import subprocess
-    import sys
     tok, records, _ = setup
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     here = os.path.dirname(__file__)
     out = tmp_path / "delta.pt"
     env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29517", os.path.join(here, "train_ddp_worker.py"), str(out)],
+                          str(port), os.path.join(here, "train_ddp_worker.py"), str(out)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     delta = torch.load(out)
