@@ -166,18 +166,20 @@ py::array_t<double> lark_weights(const py::array& energies, const Offsets& offse
   if (B + 1 > kCascadeMax)
     for (int64_t g = 0; g < n_groups; ++g) scratch = std::max(scratch, o[g + 1] - o[g]);
   const int64_t n_chunks = (n_groups + kLarkChunk - 1) / kLarkChunk;
+  const bool stream = n * static_cast<int64_t>(sizeof(double)) > kStreamBytes;
   with_inputs(ef, std::nullopt, [&](auto* e, auto*) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
     const RangeFn<T> kernel = lark_kernel<T>(B);
     int64_t first = n_groups, bad = -1;
     {
       py::gil_scoped_release release;
-#pragma omp parallel reduction(min : first)
+#pragma omp parallel reduction(min : first) num_threads(threads_for(n))
       {
         std::vector<Ranked<T>> ranked(static_cast<size_t>(scratch));
 #pragma omp for schedule(dynamic, 1)
         for (int64_t c = 0; c < n_chunks; ++c) {
-          const int64_t g = kernel(e, o, c * kLarkChunk, std::min(n_groups, (c + 1) * kLarkChunk), B, w, ranked.data());
+          const int64_t g =
+              kernel(e, o, c * kLarkChunk, std::min(n_groups, (c + 1) * kLarkChunk), B, w, ranked.data(), stream);
           if (g >= 0) first = std::min(first, g);
         }
       }

@@ -307,9 +307,6 @@ Root solve_threshold(const Eval& eval, double s, double cap, double mass, double
     last_changes = static_cast<double>(std::abs(there.n_free - at.n_free) + std::abs(there.n_capped - at.n_capped) +
                                        std::abs(there.n_held - at.n_held)) + 1.0;
     const bool exact = newton && there.same_classes(at);
-#ifdef LARK_DEBUG_NEWTON
-    LARK_DEBUG_NEWTON(mass, nu, next, h, there.mass(s, cap), newton, speculate, exact, last_changes);
-#endif
     nu = next;
     at = there;
     written = speculate;

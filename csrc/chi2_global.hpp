@@ -135,27 +135,14 @@ struct Chunks {
   bool by_group() const { return groups.size() > 1; }
 };
 
-// Threads for a pass over n items: at least kItemsPerThread each (a short pass is not worth waking
-// threads for, and on a busy machine a late thread would hold it up).
-inline constexpr int64_t kItemsPerThread = int64_t{1} << 20;
-
-inline int threads_for(int64_t n) {
-#ifdef _OPENMP
-  return static_cast<int>(std::clamp<int64_t>(n / kItemsPerThread, 1, omp_get_max_threads()));
-#else
-  (void)n;
-  return 1;
-#endif
-}
-
 // Runs f(chunk) for the chunks listed in which (all when empty) in parallel and combines the results in
-// the order listed.
+// the order listed. Every pass of one solve runs on the threads for the whole input (threads_for), the
+// short passes over a sample included, so no thread spins idle through a long serial stretch.
 template <class Sums, class F>
 Sums over_chunks(const Chunks& chunks, const std::vector<int64_t>& which, const F& f) {
   const int64_t m = which.empty() ? chunks.size() : static_cast<int64_t>(which.size());
-  const int64_t items = which.empty() ? chunks.items.back() : m * kChunkItems;
   std::vector<Sums> part(static_cast<size_t>(m));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(items))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(chunks.items.back()))
   for (int64_t i = 0; i < m; ++i) part[i] = f(which.empty() ? i : which[i]);
   Sums total;
   for (const Sums& s : part) total.add(s);
@@ -201,9 +188,6 @@ struct GlobalPool {
     });
   }
   ClassSums evaluate(double nu, double s, bool with_divergence, double* out = nullptr) const {
-#ifdef LARK_DEBUG_PASSES
-    LARK_DEBUG_PASSES(which.size(), out != nullptr);
-#endif
     return with_divergence ? pass<true>(nu, s, true, out) : pass<false>(nu, s, false, out);
   }
 

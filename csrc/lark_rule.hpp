@@ -128,7 +128,8 @@ int64_t lark_rule_group(const T* e, int64_t n, int64_t B, double* out, Ranked<T>
     for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = 1.0 / static_cast<double>(B);
     return kGroupOk;
   }
-  for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = (static_cast<double>(ranked[j].e) - t) / spread;
+  const double scale = 1.0 / spread;  // one division per group (the vector kernels do the same)
+  for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = (static_cast<double>(ranked[j].e) - t) * scale;
   return kGroupOk;
 }
 
@@ -168,14 +169,17 @@ namespace avx512 {
 
 template <typename T>
 int64_t scalar_range(const T* e, const int64_t* o, int64_t g0, int64_t g1, int64_t B, double* out,
-                     Ranked<T>* ranked) {
+                     Ranked<T>* ranked, bool) {
   for (int64_t g = g0; g < g1; ++g)
     if (lark_rule_group(e + o[g], o[g + 1] - o[g], B, out + o[g], ranked) != kGroupOk) return g;
   return -1;
 }
 
 template <typename T>
-using RangeFn = int64_t (*)(const T*, const int64_t*, int64_t, int64_t, int64_t, double*, Ranked<T>*);
+using RangeFn = int64_t (*)(const T*, const int64_t*, int64_t, int64_t, int64_t, double*, Ranked<T>*, bool);
+
+// Outputs above this many bytes are written with non-temporal stores (they would not stay in cache).
+inline constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
 template <typename T, int Keep>
 RangeFn<T> range_kernel(Simd simd) {

@@ -8,8 +8,14 @@
 // Compilers without GCC vector extensions get the scalar code only.
 #pragma once
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__GNUC__) && !defined(__clang__)
 #define LARK_HAVE_VECTOR 1
@@ -50,6 +56,20 @@ inline Simd detect_simd() {
   return best;
 }
 
+// Threads for a pass over n items: at most OpenMP's limit (OMP_NUM_THREADS), and at least
+// kItemsPerThread items each: a thread costs a wake-up, and on a busy machine the pass waits for the
+// slowest thread to be scheduled, which is only worth it for milliseconds of work per thread.
+inline constexpr int64_t kItemsPerThread = int64_t{1} << 22;
+
+inline int threads_for(int64_t n) {
+#ifdef _OPENMP
+  return static_cast<int>(std::clamp<int64_t>(n / kItemsPerThread, 1, omp_get_max_threads()));
+#else
+  (void)n;
+  return 1;
+#endif
+}
+
 // The instruction set in use (fixed at the first call).
 inline Simd simd_level() {
   static const Simd level = detect_simd();
@@ -57,6 +77,10 @@ inline Simd simd_level() {
 }
 
 }  // namespace lark
+
+#if LARK_HAVE_VECTOR && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if LARK_HAVE_X86
 #define LARK_TARGET_AVX512 __attribute__((target("avx512f")))
