@@ -201,7 +201,8 @@ def main(argv=None):
                 rows.append(row)
                 print(f"{name:26s} N={n:>11,d} K={k:2d}  ours {t['ours'] * 1e3:8.1f} ms  copy {t['copy'] * 1e3:6.1f} ms"
                       f"  passes {row['memory_passes']:5.2f} (out= {row['memory_passes_out']:5.2f})"
-                      f"  numpy {t_np * 1e3:8.1f} ms x{row['speedup_vs_numpy']:5.1f} (out= x{row['speedup_vs_numpy_out']:5.1f})"
+                      f"  numpy {t_np * 1e3:8.1f} ms x{row['speedup_vs_numpy']:5.1f}"
+                      f" (out= x{row['speedup_vs_numpy_out']:5.1f})"
                       f"  peak +{rss_mb:6.1f} MB (output {output_mb:6.1f})  load {load:.1f}", flush=True)
             del e, dst, buf
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -207,9 +207,9 @@ struct GlobalPool {
   Root solve(double s, double lo, double nu, bool with_divergence, double* out = nullptr, double mass = 1.0,
              int max_steps = 300) const {
     auto eval = [&](double x) { return evaluate(x, s, with_divergence); };
-    if (!out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, std::min(nu, e_max), NoWrite{}, max_steps);
-    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, std::min(nu, e_max), Write{this, s, with_divergence, out},
-                           max_steps);
+    const double start = std::min(nu, e_max);
+    if (!out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, NoWrite{}, max_steps);
+    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, Write{this, s, with_divergence, out}, max_steps);
   }
 
   // Evenly spaced chunks holding about kSampleShare of the items (at most kSampleChunks), and their
