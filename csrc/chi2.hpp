@@ -221,34 +221,6 @@ ClassSums class_sums(const P& items, int64_t begin, int64_t end, double nu, doub
   return out;
 }
 
-// class_sums for a short range (a group): one item at a time, without the blocked lanes.
-template <class P>
-ClassSums class_sums_short(const P& pool, int64_t begin, int64_t end, double nu, double s) {
-  const double cap = pool.cap;
-  double free_p = 0, free_pe = 0, free_pe2 = 0, free_gap = 0, capped_inv_p = 0, n_free = 0, n_capped = 0;
-  for (int64_t k = begin; k < end; ++k) {
-    const double read = pool.energy(k), v = read > -kInf ? read : nu;
-    const double x = v - nu, p = pool.p(k), q = s * p * x;
-    const double is_capped = q >= cap, is_free = static_cast<double>(q > 0) - is_capped;  // masks
-    free_p += is_free * p;
-    free_pe += is_free * p * v;
-    free_pe2 += is_free * p * v * v;
-    free_gap += is_free * p * x;
-    n_free += is_free;
-    capped_inv_p += is_capped / p;
-    n_capped += is_capped;
-  }
-  ClassSums out;
-  out.free_p = free_p;
-  out.free_pe = free_pe;
-  out.free_pe2 = free_pe2;
-  out.free_gap = free_gap;
-  out.capped_inv_p = capped_inv_p;
-  out.n_free = static_cast<int64_t>(n_free);
-  out.n_capped = static_cast<int64_t>(n_capped);
-  return out;
-}
-
 template <class P>
 void write_weights(const P& pool, int64_t begin, int64_t end, double nu, double s, double* out) {
   const double cap = pool.cap;

@@ -163,10 +163,6 @@ struct GlobalPool {
   Root held_root(int64_t g, double nu, double s, const ClassSums& at_nu) const {
     if (group_cap[g] <= 0) return {e_max, {}};
     const int64_t b = offsets[g], e = offsets[g + 1];
-    if (e - b <= kColumns) {
-      auto eval = [&](double x) { return class_sums_short(pool, b, e, x, s); };
-      return solve_threshold(eval, s, pool.cap, group_cap[g], nu, e_max, nu, NoWrite{}, 300, &at_nu);
-    }
     auto eval = [&](double x) { return class_sums(pool, b, e, x, s); };
     return solve_threshold(eval, s, pool.cap, group_cap[g], nu, e_max, nu, NoWrite{}, 300, &at_nu);
   }
