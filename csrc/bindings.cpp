@@ -139,29 +139,52 @@ std::optional<Floats> check_ref(const std::optional<py::array>& ref, int64_t n) 
   return check_floats(*ref, "ref", n);
 }
 
-py::array_t<double> lark_weights(const py::array& energies, const Offsets& offsets, int64_t B) {
+// The output: `out` when given (validated: float64, 1-D, contiguous, writeable, length n), else a new array.
+py::array_t<double> output_array(const std::optional<py::array>& out, int64_t n) {
+  if (!out) return py::array_t<double>(n);
+  if (!out->dtype().is(py::dtype::of<double>()))
+    fail("out: expected float64, got " + std::string(py::str(out->dtype())));
+  if (out->ndim() != 1 || !(out->flags() & py::array::c_style) || !out->writeable())
+    fail("out: expected a writeable 1-D contiguous array");
+  if (out->shape(0) != n)
+    fail("out: length " + std::to_string(out->shape(0)) + " does not match len(energies) = " + std::to_string(n));
+  return py::reinterpret_borrow<py::array_t<double>>(*out);
+}
+
+// Groups per OpenMP work item of lark_weights (a multiple of every kernel's lane count).
+constexpr int64_t kLarkChunk = 2048;
+
+py::array_t<double> lark_weights(const py::array& energies, const Offsets& offsets, int64_t B,
+                                 const std::optional<py::array>& out) {
   if (B <= 0) fail("B: must be >= 1, got " + std::to_string(B));
   const Floats ef = check_floats(energies, "energies", -1);
   const int64_t n = energies.shape(0), n_groups = check_offsets(offsets, n);
   const int64_t* o = offsets.data();
-  py::array_t<double> weights(n);
+  py::array_t<double> weights = output_array(out, n);
   double* w = weights.mutable_data();
-  int64_t scratch = kCascadeMax;
-  for (int64_t g = 0; g < n_groups; ++g) scratch = std::max(scratch, o[g + 1] - o[g]);
+  int64_t scratch = kCascadeMax;  // lark_rule_group keeps every valid item only above kCascadeMax
+  if (B + 1 > kCascadeMax)
+    for (int64_t g = 0; g < n_groups; ++g) scratch = std::max(scratch, o[g + 1] - o[g]);
+  const int64_t n_chunks = (n_groups + kLarkChunk - 1) / kLarkChunk;
+  const bool stream = n * static_cast<int64_t>(sizeof(double)) > kStreamBytes;
   with_inputs(ef, std::nullopt, [&](auto* e, auto*) {
     using T = std::remove_const_t<std::remove_pointer_t<decltype(e)>>;
+    const RangeFn<T> kernel = lark_kernel<T>(B);
     int64_t first = n_groups, bad = -1;
     {
       py::gil_scoped_release release;
-#pragma omp parallel reduction(min : first)
+#pragma omp parallel reduction(min : first) num_threads(threads_for(n))
       {
         std::vector<Ranked<T>> ranked(static_cast<size_t>(scratch));
-#pragma omp for schedule(dynamic, 1024)
-        for (int64_t g = 0; g < n_groups; ++g)
-          if (lark_rule_group(e + o[g], o[g + 1] - o[g], B, w + o[g], ranked.data()) != kGroupOk) first = std::min(first, g);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t c = 0; c < n_chunks; ++c) {
+          const int64_t g =
+              kernel(e, o, c * kLarkChunk, std::min(n_groups, (c + 1) * kLarkChunk), B, w, ranked.data(), stream);
+          if (g >= 0) first = std::min(first, g);
+        }
       }
       if (first < n_groups) {
-        std::vector<Ranked<T>> ranked(static_cast<size_t>(scratch));
+        std::vector<Ranked<T>> ranked(static_cast<size_t>(std::max(scratch, o[first + 1] - o[first])));
         bad = o[first] + lark_rule_group(e + o[first], o[first + 1] - o[first], B, w + o[first], ranked.data());
       }
     }
@@ -276,7 +299,10 @@ py::array_t<double> chi2_path(const py::array& energies, const Offsets& offsets,
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lark_fast host-side solvers (C++17, no torch headers); see lark_fast.solver";
-  m.def("lark_weights", &lark_weights, py::arg("energies"), py::arg("offsets"), py::arg("B"));
+  m.def("lark_weights", &lark_weights, py::arg("energies"), py::arg("offsets"), py::arg("B"), py::kw_only(),
+        py::arg("out") = py::none());
+  m.def("simd", [] { return std::string(simd_name(simd_level())); },
+        "The vector instruction set the kernels use on this CPU (LARK_FAST_SIMD caps it).");
   m.def("chi2_weights", &chi2_weights, py::arg("energies"), py::arg("offsets"), py::kw_only(), py::arg("tau"),
         py::arg("radius"), py::arg("ref"), py::arg("cap"));
   m.def("chi2_global", &chi2_global, py::arg("energies"), py::kw_only(), py::arg("tau"), py::arg("radius"),

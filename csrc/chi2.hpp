@@ -233,21 +233,35 @@ void write_weights(const P& pool, int64_t begin, int64_t end, double nu, double 
 
 struct Root {
   double nu;
-  ClassSums at;  // class sums at nu
+  ClassSums at;          // class sums at nu
+  bool written = false;  // the weights at nu were written while evaluating it (speculative write)
+};
+
+// No speculative write: solve_threshold only evaluates.
+struct NoWrite {
+  static constexpr bool enabled = false;
+  ClassSums operator()(double) const { return {}; }
 };
 
 // Solves h(ν) = mass given h(lo) ≥ mass ≥ h(hi), from ν in [lo, hi]: Newton on the current linear
 // piece, safeguarded by the bracket: bisection when the step leaves it, or when two Newton steps in a
 // row failed to halve the step before (creeping across many small pieces). Stops at the exact root of a
 // piece, or when h is within the rounding of its sums. eval(ν) returns ClassSums.
-template <class Eval>
-Root solve_threshold(const Eval& eval, double s, double cap, double mass, double lo, double hi, double nu) {
-  constexpr int kMaxSteps = 300;
+//
+// With a write(ν) (eval that also writes the weights at ν), a Newton step that is expected to land on
+// the final piece is evaluated by write instead, so the last pass over the data also writes the
+// result (Root::written): expected when the items that changed class over the last step, scaled by
+// the ratio of this step to the last, are fewer than kSpeculate (Newton converges quadratically).
+// at_start: the class sums at the starting ν when the caller has them.
+template <class Eval, class Write = NoWrite>
+Root solve_threshold(const Eval& eval, double s, double cap, double mass, double lo, double hi, double nu,
+                     const Write& write = {}, int max_steps = 300, const ClassSums* at_start = nullptr) {
   constexpr double kMassTol = 1e-14;  // relative: about the rounding of the blocked sums
-  ClassSums at = eval(nu);
-  double last_step = kInf, step_before_last = kInf;
-  bool last_newton = false;
-  for (int i = 0; i < kMaxSteps; ++i) {
+  constexpr double kSpeculate = 0.25;
+  ClassSums at = at_start ? *at_start : eval(nu);
+  double last_step = kInf, step_before_last = kInf, last_changes = kInf;
+  bool last_newton = false, written = false;
+  for (int i = 0; i < max_steps; ++i) {
     const double h = at.mass(s, cap);
     if (std::abs(h - mass) <= kMassTol * mass) break;
     (h > mass ? lo : hi) = nu;
@@ -256,16 +270,21 @@ Root solve_threshold(const Eval& eval, double s, double cap, double mass, double
     const bool newton = lo < next && next < hi && !creeping;
     if (!newton) next = lo + 0.5 * (hi - lo);
     if (!(lo < next && next < hi)) break;  // bracket down to adjacent doubles
-    const ClassSums there = eval(next);
+    const bool speculate = Write::enabled && newton && last_newton &&
+                           last_changes * std::abs(next - nu) < kSpeculate * std::abs(last_step);
+    const ClassSums there = speculate ? write(next) : eval(next);
     step_before_last = last_step;
     last_step = next - nu;
     last_newton = newton;
+    last_changes = static_cast<double>(std::abs(there.n_free - at.n_free) + std::abs(there.n_capped - at.n_capped) +
+                                       std::abs(there.n_held - at.n_held)) + 1.0;
     const bool exact = newton && there.same_classes(at);
     nu = next;
     at = there;
+    written = speculate;
     if (exact) break;
   }
-  return {nu, at};
+  return {nu, at, written};
 }
 
 // Constrained form: finds s with D(s) = r by steps of the local quadratic model, safeguarded by the

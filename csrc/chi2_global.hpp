@@ -8,15 +8,31 @@
 // items, starting from ν.
 //
 // Every pass is O(N) with no sort: fixed chunks run in parallel and their partial sums are combined in
-// chunk order, so results do not depend on the thread count. Memory: the inputs, the output and
-// O(N / kChunkItems) scratch.
+// chunk order, so results do not depend on the thread count; the passes run on the vector kernels of
+// chi2_simd.inc (the same bits on every instruction set). Passes over the data, penalised form:
+//   1. statistics (largest energy, valid count, bad items), read only;
+//   2. a start: the same problem on a sample of evenly spaced chunks (mass scaled by their share of the
+//      items), solved in cache, gives ν0 within the sampling error of the root;
+//   3. safeguarded Newton from ν0, read-only evaluations; the step expected to be the last one is
+//      evaluated while writing the weights (solve_threshold's speculative write), so the result
+//      costs no separate write pass (one more if the guess was wrong).
+// Memory: the inputs, the output and O(N / kChunkItems) scratch.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "chi2.hpp"
+#include "lark_rule.hpp"  // kColumns
+#include "simd.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace lark {
 
@@ -28,6 +44,74 @@ struct GroupCaps {
   bool per_group = false;
   double operator[](int64_t g) const { return values[per_group ? g : 0]; }
   explicit operator bool() const { return values != nullptr; }
+};
+
+#if LARK_HAVE_VECTOR
+#define LARK_W 2
+#define LARK_TARGET
+namespace chi2_generic {
+#include "chi2_simd.inc"
+}
+#undef LARK_W
+#undef LARK_TARGET
+#endif
+
+#if LARK_HAVE_X86
+#define LARK_W 4
+#define LARK_TARGET LARK_TARGET_AVX2
+namespace chi2_avx2 {
+#include "chi2_simd.inc"
+}
+#undef LARK_W
+#undef LARK_TARGET
+#define LARK_W 8
+#define LARK_TARGET LARK_TARGET_AVX512
+namespace chi2_avx512 {
+#include "chi2_simd.inc"
+}
+#undef LARK_W
+#undef LARK_TARGET
+#endif
+
+// The scalar kernels (compilers without vector extensions): chi2.hpp's loops.
+struct ScalarKernels {
+  template <bool kSums, bool kWrite, bool kModel, class P>
+  static ClassSums range(const P& pool, int64_t begin, int64_t end, double nu, double s, double* out) {
+    if constexpr (kWrite) write_weights(pool, begin, end, nu, s, out);
+    if constexpr (kSums) return class_sums(pool, begin, end, nu, s);
+    return {};
+  }
+  template <class P>
+  static RangeStats stats(const P& pool, int64_t begin, int64_t end, int64_t* bad) {
+    return range_stats(pool, begin, end, bad);
+  }
+  template <bool kWrite, bool kModel, class P, class Held>
+  static ClassSums groups(const P& pool, const int64_t* o, int64_t g0, int64_t g1, GroupCaps caps, double nu,
+                          double s, bool with_divergence, const Held& held, double* out) {
+    ClassSums acc;
+    for (int64_t g = g0; g < g1; ++g) {
+      const ClassSums own = class_sums(pool, o[g], o[g + 1], nu, s);
+      double root = nu;
+      if (!(own.mass(s, pool.cap) > caps[g])) {
+        acc.add(own);
+      } else {
+        acc.held_mass += caps[g];
+        ++acc.n_held;
+        if (with_divergence || kWrite) {
+          const Root r = held(g, own);
+          root = r.nu;
+          if (with_divergence) {
+            acc.held_a += r.at.model_a();
+            acc.held_b += r.at.model_b(s, pool.cap);
+            acc.held_free += r.at.n_free;
+            acc.held_capped += r.at.n_capped;
+          }
+        }
+      }
+      if constexpr (kWrite) write_weights(pool, o[g], o[g + 1], root, s, out);
+    }
+    return acc;
+  }
 };
 
 // Chunks of about kChunkItems items; with group caps they end on group boundaries (groups [g0, g1)).
@@ -51,75 +135,107 @@ struct Chunks {
   bool by_group() const { return groups.size() > 1; }
 };
 
-// Runs f(chunk) for every chunk in parallel and combines the results in chunk order.
+// Runs f(chunk) for the chunks listed in which (all when empty) in parallel and combines the results in
+// the order listed. Every pass of one solve runs on the threads for the whole input (threads_for), the
+// short passes over a sample included, so no thread spins idle through a long serial stretch.
 template <class Sums, class F>
-Sums over_chunks(const Chunks& chunks, const F& f) {
-  std::vector<Sums> part(static_cast<size_t>(chunks.size()));
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t c = 0; c < chunks.size(); ++c) part[c] = f(c);
+Sums over_chunks(const Chunks& chunks, const std::vector<int64_t>& which, const F& f) {
+  const int64_t m = which.empty() ? chunks.size() : static_cast<int64_t>(which.size());
+  std::vector<Sums> part(static_cast<size_t>(m));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_for(chunks.items.back()))
+  for (int64_t i = 0; i < m; ++i) part[i] = f(which.empty() ? i : which[i]);
   Sums total;
   for (const Sums& s : part) total.add(s);
   return total;
 }
 
-template <class P>
+// The pool of all items with its chunks, evaluated by the kernels K (chi2_simd.inc or ScalarKernels).
+template <class K, class P>
 struct GlobalPool {
   P pool;
   const int64_t* offsets;
   GroupCaps group_cap;
   const Chunks& chunks;
-  double e_max;  // largest valid energy as the pool reads it: h = 0 there
+  double e_max;                // largest valid energy as the pool reads it: h = 0 there
+  std::vector<int64_t> which;  // the chunks evaluated (empty: all)
 
-  // A held group's own threshold ν_g: T_g(ν_g) = C_g with ν < ν_g ≤ e_max.
-  Root held_root(int64_t g, double nu, double s) const {
+  // A held group's own threshold ν_g: T_g(ν_g) = C_g with ν < ν_g ≤ e_max, from its sums at ν.
+  Root held_root(int64_t g, double nu, double s, const ClassSums& at_nu) const {
     if (group_cap[g] <= 0) return {e_max, {}};
     const int64_t b = offsets[g], e = offsets[g + 1];
     auto eval = [&](double x) { return class_sums(pool, b, e, x, s); };
-    return solve_threshold(eval, s, pool.cap, group_cap[g], nu, e_max, nu);
+    return solve_threshold(eval, s, pool.cap, group_cap[g], nu, e_max, nu, NoWrite{}, 300, &at_nu);
   }
 
-  // F(ν) with its class sums; with_divergence also solves held groups for their D(s) terms.
-  ClassSums evaluate(double nu, double s, bool with_divergence) const {
-    return over_chunks<ClassSums>(chunks, [&](int64_t c) {
-      if (!chunks.by_group()) return class_sums(pool, chunks.items[c], chunks.items[c + 1], nu, s);
-      ClassSums acc;
-      for (int64_t g = chunks.groups[c]; g < chunks.groups[c + 1]; ++g) {
-        const ClassSums own = class_sums(pool, offsets[g], offsets[g + 1], nu, s);
-        if (!(own.mass(s, pool.cap) > group_cap[g])) {
-          acc.add(own);
-          continue;
-        }
-        acc.held_mass += group_cap[g];
-        ++acc.n_held;
-        if (!with_divergence) continue;
-        const ClassSums held = held_root(g, nu, s).at;
-        acc.held_a += held.model_a();
-        acc.held_b += held.model_b(s, pool.cap);
-        acc.held_free += held.n_free;
-        acc.held_capped += held.n_capped;
-      }
-      return acc;
+  // F(ν) with its class sums over the chunks; with_divergence also solves held groups for their D(s)
+  // terms; with out, also writes the weights at ν.
+  template <bool kModel>
+  ClassSums pass(double nu, double s, bool with_divergence, double* out) const {
+    return over_chunks<ClassSums>(chunks, which, [&](int64_t c) {
+      const int64_t b = chunks.items[c], e = chunks.items[c + 1];
+      if (!chunks.by_group())
+        return out ? K::template range<true, true, kModel>(pool, b, e, nu, s, out)
+                   : K::template range<true, false, kModel>(pool, b, e, nu, s, nullptr);
+      auto held = [&](int64_t g, const ClassSums& at) { return held_root(g, nu, s, at); };
+      const int64_t g0 = chunks.groups[c], g1 = chunks.groups[c + 1];
+      return out ? K::template groups<true, kModel>(pool, offsets, g0, g1, group_cap, nu, s, with_divergence, held, out)
+                 : K::template groups<false, kModel>(pool, offsets, g0, g1, group_cap, nu, s, with_divergence, held,
+                                                     nullptr);
     });
   }
-
-  void write(double nu, double s, double* out) const {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t c = 0; c < chunks.size(); ++c) {
-      if (!chunks.by_group()) {
-        write_weights(pool, chunks.items[c], chunks.items[c + 1], nu, s, out);
-        continue;
-      }
-      for (int64_t g = chunks.groups[c]; g < chunks.groups[c + 1]; ++g) {
-        const int64_t b = offsets[g], e = offsets[g + 1];
-        const bool held = class_sums(pool, b, e, nu, s).mass(s, pool.cap) > group_cap[g];
-        write_weights(pool, b, e, held ? held_root(g, nu, s).nu : nu, s, out);
-      }
-    }
+  ClassSums evaluate(double nu, double s, bool with_divergence, double* out = nullptr) const {
+    return with_divergence ? pass<true>(nu, s, true, out) : pass<false>(nu, s, false, out);
   }
 
-  Root solve(double s, double lo, double nu, bool with_divergence) const {
+  void write(double nu, double s, double* out) const { evaluate(nu, s, false, out); }
+
+  // An evaluation that also writes the weights (solve_threshold's speculative write).
+  struct Write {
+    static constexpr bool enabled = true;
+    const GlobalPool* self;
+    double s;
+    bool with_divergence;
+    double* out;
+    ClassSums operator()(double x) const { return self->evaluate(x, s, with_divergence, out); }
+  };
+
+  // Root of F = mass from nu in [lo, e_max]; with out, the last pass writes the weights when it can.
+  Root solve(double s, double lo, double nu, bool with_divergence, double* out = nullptr, double mass = 1.0,
+             int max_steps = 300) const {
     auto eval = [&](double x) { return evaluate(x, s, with_divergence); };
-    return solve_threshold(eval, s, pool.cap, 1.0, lo, e_max, std::min(nu, e_max));
+    const double start = std::min(nu, e_max);
+    if (!out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, NoWrite{}, max_steps);
+    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, Write{this, s, with_divergence, out}, max_steps);
+  }
+
+  // Evenly spaced chunks holding about kSampleShare of the items (at most kSampleChunks), and their
+  // share of all items; none when there are fewer than kSampleMin chunks.
+  static constexpr int64_t kSampleMin = 64, kSampleChunks = 32, kSampleShare = 32;
+  std::vector<int64_t> sample(double* share) const {
+    std::vector<int64_t> pick;
+    const int64_t m = chunks.size();
+    *share = 0;
+    if (m < kSampleMin) return pick;
+    const int64_t want = std::min(kSampleChunks, m / kSampleShare);
+    int64_t items = 0;
+    for (int64_t i = 0; i < want; ++i) {
+      const int64_t c = (2 * i + 1) * m / (2 * want);
+      pick.push_back(c);
+      items += chunks.items[c + 1] - chunks.items[c];
+    }
+    *share = static_cast<double>(items) / static_cast<double>(chunks.items.back());
+    return pick;
+  }
+
+  // A start for the root of F = 1 at scale s: the root of the sampled chunks' F = their share of the
+  // items, or nu when there is no sample.
+  double sampled_start(double s, double lo, double nu) const {
+    double share;
+    GlobalPool part = *this;
+    part.which = sample(&share);
+    if (part.which.empty() || !(share > 0)) return nu;
+    const Root r = part.solve(s, lo, nu, false, nullptr, share, 60);
+    return std::isfinite(r.nu) ? r.nu : nu;
   }
 };
 
@@ -137,18 +253,21 @@ struct GlobalStats {
   }
 };
 
-template <class P>
+template <class K, class P>
 GlobalStats global_stats(const P& pool, const int64_t* offsets, GroupCaps group_cap, const Chunks& chunks) {
-  return over_chunks<GlobalStats>(chunks, [&](int64_t c) {
+  return over_chunks<GlobalStats>(chunks, {}, [&](int64_t c) {
     GlobalStats st;
-    if (!chunks.by_group()) {
-      st.items = range_stats(pool, chunks.items[c], chunks.items[c + 1], &st.bad);
-      return st;
-    }
-    for (int64_t g = chunks.groups[c]; g < chunks.groups[c + 1] && st.bad < 0; ++g) {
-      const RangeStats own = range_stats(pool, offsets[g], offsets[g + 1], &st.bad);
-      st.items.add(own);
-      if (own.n_valid > 0) st.allowed += std::min(group_cap[g], pool.cap * static_cast<double>(own.n_valid));
+    const int64_t b = chunks.items[c], e = chunks.items[c + 1];
+    st.items = K::stats(pool, b, e, &st.bad);
+    if (!chunks.by_group() || st.bad >= 0) return st;
+    const bool all_valid = st.items.n_valid == e - b;  // else count each group's valid items
+    for (int64_t g = chunks.groups[c]; g < chunks.groups[c + 1]; ++g) {
+      int64_t valid = offsets[g + 1] - offsets[g];
+      if (!all_valid) {
+        valid = 0;
+        for (int64_t k = offsets[g]; k < offsets[g + 1]; ++k) valid += valid_energy(static_cast<double>(pool.e[k]));
+      }
+      if (valid > 0) st.allowed += std::min(group_cap[g], pool.cap * static_cast<double>(valid));
       st.group_cap_max = std::max(st.group_cap_max, group_cap[g]);
     }
     return st;
@@ -156,11 +275,11 @@ GlobalStats global_stats(const P& pool, const int64_t* offsets, GroupCaps group_
 }
 
 // offsets may be nullptr (no groups) unless group_cap is set.
-template <typename T, typename R>
-Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups,
-                          GroupCaps group_cap, double tau, double radius, double* out) {
+template <class K, typename T, typename R>
+Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
+                          double tau, double radius, double* out) {
   const Chunks chunks(n, offsets, n_groups, static_cast<bool>(group_cap));
-  const GlobalStats st = global_stats(pool, offsets, group_cap, chunks);
+  const GlobalStats st = global_stats<K>(pool, offsets, group_cap, chunks);
   if (st.bad >= 0) return {Status::bad_item, st.bad, 0};
   if (st.items.n_valid == 0) return {Status::no_valid, -1, 0};
   const double room = pool.cap * static_cast<double>(st.items.n_valid);
@@ -171,18 +290,19 @@ Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t
   pool.shift = st.items.e_max;
   const double p_min = st.items.ref_min * pool.ref_scale, cap = pool.cap;
   const double e_min = st.items.e_min - pool.shift, mean = st.items.mean - pool.shift;  // the largest is 0
-  const GlobalPool<Pool<T, R>> global{pool, offsets, group_cap, chunks, 0.0};
+  const GlobalPool<K, Pool<T, R>> global{pool, offsets, group_cap, chunks, 0.0, {}};
   auto lower = [&](double e_min, double s) { return lower_threshold(e_min, p_min, s, cap, st.group_cap_max); };
 
   if (tau > 0) {
-    const double s = 0.5 / tau, nu0 = mean - 2 * tau;
-    const Root root = global.solve(s, std::min(nu0, lower(e_min, s)), nu0, false);
-    global.write(root.nu, s, out);
+    const double s = 0.5 / tau, lo = std::min(mean - 2 * tau, lower(e_min, s));
+    const double nu0 = global.sampled_start(s, lo, mean - 2 * tau);
+    const Root root = global.solve(s, lo, nu0, false, out);
+    if (!root.written) global.write(root.nu, s, out);
     return {};
   }
 
   // s → 0 limit (q_k = min(c, λ p_k), group caps applied): the smallest divergence the caps allow.
-  const GlobalPool<Pool<T, R, true>> flat{pool.zero_energy(), offsets, group_cap, chunks, 0.0};
+  const GlobalPool<K, Pool<T, R, true>> flat{pool.zero_energy(), offsets, group_cap, chunks, 0.0, {}};
   const bool capped = cap < kInf || group_cap;
   const Root least = capped ? flat.solve(1.0, std::min(-1.0, lower(0.0, 1.0)), -1.0, true) : Root{-1.0, {}};
   const double d_min = capped ? least.at.divergence(1.0, cap) : 0.0;
@@ -199,6 +319,25 @@ Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t
   const Scaled sol = solve_radius(at_scale, radius, cap, s0, mean - 1.0 / s0);
   global.write(sol.root.nu, sol.s, out);
   return {};
+}
+
+template <typename T, typename R>
+Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
+                     double tau, double radius, double* out) {
+  switch (simd_level()) {
+#if LARK_HAVE_X86
+    case Simd::avx512:
+      return solve_global_with<chi2_avx512::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+    case Simd::avx2:
+      return solve_global_with<chi2_avx2::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+#endif
+#if LARK_HAVE_VECTOR
+    case Simd::generic:
+      return solve_global_with<chi2_generic::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+#endif
+    default:
+      return solve_global_with<ScalarKernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+  }
 }
 
 }  // namespace lark

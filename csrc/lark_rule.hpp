@@ -8,14 +8,24 @@
 //   * mean_{A}(e) - t <= 1e-12 (no spread): q = 1/B on A;
 //   * an item of A tied with t gets weight 0.
 // Ties inside the order are broken by position (lower index first), so the result is deterministic.
-// Cost: one pass keeping the B + 1 best items in registers by a branch-free compare-exchange cascade
-// while B + 1 <= kCascadeMax (O(K (B + 1)), no mispredicted branches), otherwise one O(K) selection
-// (nth_element); never a full sort.
+//
+// Two implementations:
+//   * lark_rule_group, the scalar reference, one group at a time: the B + 1 best items with their
+//     positions in a branch-free compare-exchange cascade while B + 1 <= kCascadeMax, otherwise one
+//     O(K) selection (nth_element); never a full sort.
+//   * lark_range (lark_simd.inc), the vector kernels for B + 1 <= kCascadeMax: lanes are groups, only
+//     the B + 1 best values are kept, and groups whose result depends on the order by index (no spread,
+//     a +inf, nothing valid) are handed to lark_rule_group. Elsewhere the two agree bit for bit.
+// lark_groups runs groups [g0, g1) with the best kernel the CPU has (simd.hpp).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "simd.hpp"
 
 namespace lark {
 
@@ -118,8 +128,86 @@ int64_t lark_rule_group(const T* e, int64_t n, int64_t B, double* out, Ranked<T>
     for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = 1.0 / static_cast<double>(B);
     return kGroupOk;
   }
-  for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = (static_cast<double>(ranked[j].e) - t) / spread;
+  const double scale = 1.0 / spread;  // one division per group (the vector kernels do the same)
+  for (int64_t j = 0; j < na; ++j) out[ranked[j].i] = (static_cast<double>(ranked[j].e) - t) * scale;
   return kGroupOk;
+}
+
+// Groups longer than this run one at a time in the vector kernels (lanes = interleaved subsets).
+inline constexpr int64_t kColumns = 64;
+
+#if LARK_HAVE_VECTOR
+#define LARK_W 2
+#define LARK_SHUFFLE 0
+#define LARK_TARGET
+namespace generic {
+#include "lark_simd.inc"
+}
+#undef LARK_W
+#undef LARK_SHUFFLE
+#undef LARK_TARGET
+#endif
+
+#if LARK_HAVE_X86
+#define LARK_W 4
+#define LARK_SHUFFLE 1
+#define LARK_TARGET LARK_TARGET_AVX2
+namespace avx2 {
+#include "lark_simd.inc"
+}
+#undef LARK_W
+#undef LARK_TARGET
+#define LARK_W 8
+#define LARK_TARGET LARK_TARGET_AVX512
+namespace avx512 {
+#include "lark_simd.inc"
+}
+#undef LARK_W
+#undef LARK_SHUFFLE
+#undef LARK_TARGET
+#endif
+
+template <typename T>
+int64_t scalar_range(const T* e, const int64_t* o, int64_t g0, int64_t g1, int64_t B, double* out,
+                     Ranked<T>* ranked, bool) {
+  for (int64_t g = g0; g < g1; ++g)
+    if (lark_rule_group(e + o[g], o[g + 1] - o[g], B, out + o[g], ranked) != kGroupOk) return g;
+  return -1;
+}
+
+template <typename T>
+using RangeFn = int64_t (*)(const T*, const int64_t*, int64_t, int64_t, int64_t, double*, Ranked<T>*, bool);
+
+// Outputs above this many bytes are written with non-temporal stores (they would not stay in cache).
+inline constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+template <typename T, int Keep>
+RangeFn<T> range_kernel(Simd simd) {
+  switch (simd) {
+#if LARK_HAVE_X86
+    case Simd::avx512: return &avx512::lark_range<Keep, T>;
+    case Simd::avx2: return &avx2::lark_range<Keep, T>;
+#endif
+#if LARK_HAVE_VECTOR
+    case Simd::generic: return &generic::lark_range<Keep, T>;
+#endif
+    default: return &scalar_range<T>;
+  }
+}
+
+// The kernel for budget B on this CPU (fixed for a call, so results do not depend on the threads).
+template <typename T>
+RangeFn<T> lark_kernel(int64_t B, Simd simd = simd_level()) {
+  switch (B + 1) {
+    case 2: return range_kernel<T, 2>(simd);
+    case 3: return range_kernel<T, 3>(simd);
+    case 4: return range_kernel<T, 4>(simd);
+    case 5: return range_kernel<T, 5>(simd);
+    case 6: return range_kernel<T, 6>(simd);
+    case 7: return range_kernel<T, 7>(simd);
+    case 8: return range_kernel<T, 8>(simd);
+    default: return &scalar_range<T>;
+  }
 }
 
 }  // namespace lark

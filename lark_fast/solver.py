@@ -25,7 +25,15 @@ import numpy as np
 
 from . import _C
 
-__all__ = ["lark_weights", "chi2_weights", "chi2_global", "chi2_path", "group_offsets"]
+__all__ = ["lark_weights", "chi2_weights", "chi2_global", "chi2_path", "group_offsets", "simd"]
+
+
+def simd() -> str:
+    """The vector instruction set the solvers use on this CPU: "avx512", "avx2", "generic" (the
+    baseline of the architecture) or "scalar". The environment variable LARK_FAST_SIMD (read once, at
+    the first call into the solvers) caps it. Every level gives the same bits, except "scalar"
+    (compilers without GCC vector extensions), which runs the plain loops."""
+    return _C.simd()
 
 
 def _as_floats(values) -> np.ndarray:
@@ -54,16 +62,18 @@ def _as_number(name: str, value):
     return float(value)
 
 
-def lark_weights(energies, offsets, B: int) -> np.ndarray:
+def lark_weights(energies, offsets, B: int, *, out=None) -> np.ndarray:
     """The published LARK rule per group: top-B by energy, weights proportional to e_k - e_(B+1).
 
     NaN and -inf energies are never selected while a valid item remains; see SPEC §5 for the
     compatibility edge cases. Returns float64 weights [N] summing to 1 over each group that has a
     valid item (0 elsewhere; B/#valid-free corner cases follow the published code).
+    ``out``: an existing float64 contiguous array of length N to write the weights into (every
+    element is overwritten; its contents are unspecified after a ValueError); it is returned.
     """
     if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer)):
         raise ValueError(f"B: expected an integer >= 1, got {B!r}")
-    return _C.lark_weights(_as_floats(energies), _as_offsets(offsets), int(B))
+    return _C.lark_weights(_as_floats(energies), _as_offsets(offsets), int(B), out=out)
 
 
 def chi2_weights(energies, offsets, *, tau=None, radius=None, ref=None, cap=None) -> np.ndarray:

@@ -220,11 +220,13 @@ def kkt_violation(q, e, p, tau, cap=np.inf, offsets=None, group_cap=None):
     worst = np.max(hi[has] - lo[has], initial=0.0)
     pv = np.where(ok, p, 1.0)
     capped = ok & (q >= cap * (1 - 1e-12))
-    if not has[0]:  # no free item outside held groups: take ν at their highest zero item, else lowest capped
-        outside = ~held[group]
-        zero_e = e[ok & (q == 0) & outside]
+    if not has[0]:  # no free item outside held groups: ν is only bounded, below by their highest zero item
+        outside = ~held[group]  # and above by their lowest capped threshold: take the lower bound, or else
+        zero_e = e[ok & (q == 0) & outside]  # ν at most that upper bound and every held group's threshold
         capped_at = (e - cap / (s * pv))[capped & outside]
-        lo[0] = zero_e.max() if len(zero_e) else (capped_at.min() if len(capped_at) else 0.0)
+        held_lo = lo[1:][has[1:]]
+        upper = min(capped_at.min() if len(capped_at) else np.inf, held_lo.min() if len(held_lo) else np.inf)
+        lo[0] = zero_e.max() if len(zero_e) else (upper if np.isfinite(upper) else 0.0)
     # A held group without free items: its threshold sits at its highest zero item (and at least at ν).
     zero_top = np.full(len(sizes) + 1, -np.inf)
     zeros = ok & (q == 0)

@@ -126,3 +126,15 @@ def test_kkt_check_detects_a_perturbed_solution():
     i, j = free[np.argmax(e[free])], free[np.argmin(e[free])]
     q[[i, j]] = q[[j, i]]
     assert ref.kkt_violation(q, e, p, 0.3) > 1e-3
+
+
+def test_kkt_check_accepts_any_shared_threshold_when_it_is_only_bounded():
+    # Group 1's single item is capped for every ν ≤ −0.107 and group 0 is held at its cap (ν_0 = −0.12), so
+    # F(ν) = 1 on a whole interval: the shared ν is any value ≤ ν_0 (found by hypothesis).
+    e, o, r = np.array([0.0, 0.0, 0.0, 0.0, -1.0, 0.0]), np.array([0, 5, 6]), np.array([1.0, 1, 1, 1, 1, 3])
+    cap, tau = 0.4, 0.05
+    q = solver.chi2_global(e, tau=tau, ref=r, cap=cap, offsets=o, group_cap=0.6)
+    np.testing.assert_allclose(q, [0.15, 0.15, 0.15, 0.15, 0.0, 0.4], rtol=1e-12)
+    p = ref.normalised_ref(e, r)
+    np.testing.assert_allclose(q, ref.global_penalised(e, p, tau, cap, o, 0.6), rtol=1e-9, atol=1e-13)
+    assert ref.kkt_violation(q, e, p, tau, cap, o, 0.6) < 1e-12
