@@ -5,11 +5,20 @@ from typing import Optional
 
 import torch
 
-from .kernels.lm_head_stats import LMHeadStats, SegmentSums, check_inputs, lm_head_stats_torch, reduce_segments
+from .kernels.lm_head_stats import (TRITON_INTERPRET, LMHeadStats, SegmentSums, check_inputs, lm_head_stats_torch,
+                                     lm_head_stats_triton, reduce_segments)
 
 __all__ = ["lm_head_stats", "LMHeadStats", "SegmentSums"]
 
-_BACKENDS = ("auto", "torch")
+_BACKENDS = ("auto", "torch", "triton")
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
+    runnable = lm_head_stats_triton is not None and (device.type == "cuda" or TRITON_INTERPRET)
+    if backend == "triton" and not runnable:
+        raise ValueError("backend='triton' needs triton installed and CUDA tensors (or TRITON_INTERPRET=1 "
+                         "set before lark_fast is imported)")
+    return backend == "triton" or (backend == "auto" and runnable)
 
 
 def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -24,13 +33,16 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     published top-K renormalised Brier). With ``cu_seqlens`` (int, [S + 1]) also float64
     per-segment sums over non-ignored tokens in ``.segments``. Ignored tokens hold 0.
     Directions: nll, brier, rank lower = the student already predicts the token.
+
+    ``backend``: "auto" runs the fused Triton kernel on CUDA tensors (or everywhere when triton was
+    imported with TRITON_INTERPRET=1) and the chunked torch path otherwise; "torch" / "triton" force.
     """
-    check_inputs(hidden, weight, targets, bias, logit_scale, softcap, cu_seqlens, topk, ignore_index)
     if backend not in _BACKENDS:
         raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
-    stats = lm_head_stats_torch(hidden, weight, targets, bias=bias, logit_scale=float(logit_scale),
-                                softcap=None if softcap is None else float(softcap), topk=topk,
-                                ignore_index=ignore_index)
+    check_inputs(hidden, weight, targets, bias, logit_scale, softcap, cu_seqlens, topk, ignore_index)
+    impl = lm_head_stats_triton if _use_triton(backend, hidden.device) else lm_head_stats_torch
+    stats = impl(hidden, weight, targets, bias=bias, logit_scale=float(logit_scale),
+                 softcap=None if softcap is None else float(softcap), topk=topk, ignore_index=ignore_index)
     if cu_seqlens is not None:
         stats.segments = reduce_segments(stats, targets, cu_seqlens, ignore_index)
     return stats

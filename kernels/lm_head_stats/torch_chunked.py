@@ -1,14 +1,16 @@
 """Streaming torch path of the LM-head statistics: one pass over vocabulary chunks per token block.
 
-No [N, V] tensor exists; the largest temporary is [token_block, vocab_block] fp32.
+No [N, V] tensor exists; the largest temporaries are two [token_block, vocab_block] fp32 buffers,
+allocated once and reused by every chunk (logits, then their exponentials).
 Per token the pass keeps, against a running max m (initialised at the target logit z_y, so every
 update is finite), sums over the non-target tokens v != y:
     r  = sum_{v != y} exp(z_v - m)
     r1 = sum_{v != y} exp(z_v - m) (z_v - m)
     r2 = sum_{v != y} exp(2 (z_v - m))
     gt = #{v : z_v > z_y}
-and, with ``topk``, the running K largest logits (top-K compatibility Brier). When m grows to m',
-r and r2 rescale by a = exp(m - m') and a^2, and r1 -> a (r1 + (m - m') r). At the end, with
+and, with ``topk``, the running K largest logits (top-K compatibility Brier). After the GEMM each
+chunk costs four elementwise passes (compare-count, max, shift, exp) and three dot products. When m
+grows to m', r and r2 rescale by a = exp(m - m') and a^2, and r1 -> a (r1 + (m - m') r). At the end, with
 e_y = exp(z_y - m) and s = e_y + r:
     lse = m + log s,  nll = log1p(r / e_y) (= lse - z_y without cancellation when p_y -> 1),
     entropy = log s - (r1 + e_y (z_y - m)) / s,  brier = expm1(-nll)^2 + r2 / s^2,  rank = 1 + gt.
@@ -42,6 +44,7 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     lse, nll, brier, entropy = (torch.zeros(n, **f32) for _ in range(4))
     rank = torch.zeros(n, dtype=torch.int32, device=dev)
     brier_topk = torch.zeros(n, **f32) if topk else None
+    z_buf, e_buf = (torch.empty(min(n, token_block) * vocab_block, **f32) for _ in range(2))
 
     for t0 in range(0, n, token_block):
         t1 = min(n, t0 + token_block)
@@ -56,30 +59,30 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
         above = zy + RANK_TIE * zy.abs().clamp(min=1)  # z_v > above: strictly greater than z_y
         m = zy.clone()
         r, r1, r2 = (torch.zeros(t1 - t0, **f32) for _ in range(3))
-        gt = torch.zeros(t1 - t0, dtype=torch.int64, device=dev)
+        gt = torch.zeros(t1 - t0, dtype=torch.int32, device=dev)
         top = None
         rows = torch.arange(t1 - t0, device=dev)
         for v0 in range(0, v, vocab_block):
             v1 = min(v, v0 + vocab_block)
-            z = h @ weight[v0:v1].float().T
+            z = torch.mm(h, weight[v0:v1].float().T, out=z_buf[:(t1 - t0) * (v1 - v0)].view(t1 - t0, v1 - v0))
             if bias is not None:
                 z += bias[v0:v1].float()
             transform_logits_(z, logit_scale, softcap)
             here = (y >= v0) & (y < v1)
             ri, ci = rows[here], y[here] - v0
             z[ri, ci] = zy[here]
-            gt += (z > above[:, None]).sum(1)
+            gt += (z > above[:, None]).sum(1, dtype=torch.int32)
             if topk:
                 cand = z if top is None else torch.cat([top, z], 1)
                 top = cand.topk(min(topk, cand.shape[1]), dim=1).values
             m_new = torch.maximum(m, z.amax(1))
             a = torch.exp(m - m_new)
             z -= m_new[:, None]
-            e = torch.exp(z)
+            e = torch.exp(z, out=e_buf[:z.numel()].view_as(z))
             e[ri, ci] = 0  # the sums run over v != y
-            r1 = a * (r1 + (m - m_new) * r) + torch.einsum("ij,ij->i", e, z)
+            r1 = a * (r1 + (m - m_new) * r) + torch.linalg.vecdot(e, z)
             r = a * r + e.sum(1)
-            r2 = a * a * r2 + torch.einsum("ij,ij->i", e, e)
+            r2 = a * a * r2 + torch.linalg.vecdot(e, e)
             m = m_new
 
         d_y = zy - m  # <= 0
@@ -92,7 +95,7 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
         brier[t0:t1] = torch.expm1(-nll_b).square() + r2 / (s * s)  # (1 - p_y)^2 + sum_{v!=y} p_v^2
         entropy[t0:t1] = (log_s - (r1 + e_y * d_y) / s).clamp(0, math.log(v))
         rank_b = 1 + gt
-        rank[t0:t1] = rank_b.to(torch.int32)
+        rank[t0:t1] = rank_b
         if topk:
             lse_k = torch.logsumexp(top, dim=1)
             p_k = torch.exp(top - lse_k[:, None])

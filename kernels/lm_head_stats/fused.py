@@ -1,0 +1,390 @@
+"""Fused Triton path of the LM-head statistics: logits are produced tile by tile in registers and
+folded into per-token statistics; no [N, V] buffer ever reaches global memory.
+
+Grid: one program per (token block, vocabulary split). A split is a fixed range of
+``vocab_per_split`` columns (8192 by default, independent of N), so every token's arithmetic
+depends only on its own row and the vocabulary: results are batch-invariant and deterministic.
+
+Program (token block r, split c), with z = softcap(logit_scale * (W h + b)), the same statistics
+as ``torch_chunked.py``:
+  prologue  z_y = <h, W[y]> through the same tl.dot and d-loop as the main tiles (the diagonal of a
+            [BLOCK_N, BLOCK_N] product), so a weight row identical to W[y] lands within rounding of
+            z_y (usually on it) and the tie margin below keeps it from outranking y.
+  main loop, one flat loop over (vocabulary tile, d chunk) so the loads of the next tile are in
+  flight while a finished tile [BLOCK_N, BLOCK_V] is folded in, against a running max m
+  (initialised at z_y), with sums over the non-target tokens v != y:
+      r  = sum e^{z_v - m}      r1 = sum e^{z_v - m} (z_v - m)      r2 = sum e^{2 (z_v - m)}
+      gt = #{v : z_v > z_y + RANK_TIE max(1, |z_y|)}   (ties up to fp32 rounding favour y)
+      top = the K largest z_v (only with topk; threshold insertion, no sort)
+  A new max m' rescales by a = e^{m - m'}: r -> a r, r2 -> a^2 r2, r1 -> a (r1 + (m - m') r).
+Merge (one program per token block) folds the splits in split order with the same rescaling, then
+with d_y = z_y - m, e_y = e^{d_y}, s = e_y + r:
+  lse = m + log s           nll = log1p(r / e_y) (= lse - z_y without cancellation as p_y -> 1)
+  brier = expm1(-nll)^2 + r2 / s^2                    entropy = log s - (r1 + e_y d_y) / s
+  rank = 1 + gt             brier_topk = 1 - 2 p~_y [rank <= K] + sum_topK p~^2, p~ = softmax(top)
+No atomics anywhere; every reduction has a fixed order. The target's column is overwritten with the
+prologue's z_y, so lse, nll and the rank use one and the same value of z_y.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import MAX_TOPK, RANK_TIE, LMHeadStats
+
+# TRITON_INTERPRET is read by triton.jit when this module is imported; the dispatch uses the same.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+VOCAB_PER_SPLIT = 8192
+
+
+@dataclass(frozen=True)
+class Config:
+    """Launch configuration. Rounding may depend on the block sizes and vocab_per_split, never on N
+    or on a token's position in the batch, so one config gives batch-invariant results."""
+
+    block_n: int
+    block_v: int
+    block_d: int
+    group_n: int = 8  # token blocks sharing the L2 while they stream the same weight tiles
+    num_warps: int = 8
+    num_stages: int = 3
+    vocab_per_split: int = VOCAB_PER_SPLIT
+    merge_block: int = 32
+
+
+def default_config(hidden: torch.Tensor, weight: torch.Tensor) -> Config:
+    if INTERPRET:  # numpy runs whole blocks: tiles up to 2^20 elements, one split, blocks sized by d and V
+        d, v = hidden.shape[1], weight.shape[0]
+        return Config(block_n=256, block_v=min(4096, max(64, triton.next_power_of_2(v))),
+                      block_d=min(128, max(16, triton.next_power_of_2(d))), num_warps=1, num_stages=1,
+                      vocab_per_split=1 << 30, merge_block=256)
+    if hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
+        return Config(block_n=128, block_v=128, block_d=64)
+    return Config(block_n=64, block_v=128, block_d=32)  # fp32 operands: no spills on sm_90
+
+
+@triton.jit
+def _expm1(x):
+    # e^x - 1 without cancellation: Taylor series to x^8 for |x| < 0.5 (truncation < 1e-8 relative).
+    small = tl.abs(x) < 0.5
+    t = tl.where(small, x, 0.0)
+    p = 1.0 / 40320.0
+    p = p * t + 1.0 / 5040.0
+    p = p * t + 1.0 / 720.0
+    p = p * t + 1.0 / 120.0
+    p = p * t + 1.0 / 24.0
+    p = p * t + 1.0 / 6.0
+    p = p * t + 0.5
+    p = p * t + 1.0
+    return tl.where(small, p * t, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _log1p(x):
+    # log(1 + x) for x >= 0: 2 atanh(t), t = x / (2 + x), as an odd series for x < 0.5 (t < 0.2).
+    small = x < 0.5
+    t = tl.where(small, x, 0.0) / (2.0 + tl.where(small, x, 0.0))
+    t2 = t * t
+    p = 2.0 / 11.0
+    p = p * t2 + 2.0 / 9.0
+    p = p * t2 + 2.0 / 7.0
+    p = p * t2 + 2.0 / 5.0
+    p = p * t2 + 2.0 / 3.0
+    p = p * t2 + 2.0
+    return tl.where(small, p * t, tl.log(1.0 + x))
+
+
+@triton.jit
+def _transform(acc, bias, logit_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    # z = softcap(logit_scale * (acc + bias)); tanh(|x|) = -u / (2 + u) with u = expm1(-2|x|).
+    z = (acc + bias) * logit_scale
+    if HAS_SOFTCAP:
+        u = _expm1(-2.0 * tl.abs(z / softcap))
+        th = -u / (2.0 + u)
+        z = softcap * tl.where(z < 0, -th, th)
+    return z
+
+
+@triton.jit
+def _insert_topk(top, cand):
+    # top [BLOCK_N, KPAD]: the K largest values seen so far, unsorted; slots >= K hold +inf and are
+    # never replaced. Each round moves every row's largest candidate above its current K-th largest
+    # (the min of top) into that minimum's slot, so rounds = the most insertions any row needs.
+    idx = tl.arange(0, cand.shape[1])[None, :]
+    slot = tl.arange(0, top.shape[1])[None, :]
+    kth, out = tl.min(top, axis=1, return_indices=True)
+    cand = tl.where(cand > kth[:, None], cand, float("-inf"))
+    best, at = tl.max(cand, axis=1, return_indices=True)
+    while tl.max(best, axis=0) > float("-inf"):
+        top = tl.where((slot == out[:, None]) & (best > kth)[:, None], best[:, None], top)
+        kth, out = tl.min(top, axis=1, return_indices=True)
+        cand = tl.where((idx == at[:, None]) | (cand <= kth[:, None]), float("-inf"), cand)
+        best, at = tl.max(cand, axis=1, return_indices=True)
+    return top
+
+
+# N, V and topk only bound loops and masks: not specialising on them saves recompiles per batch size.
+@triton.jit(do_not_specialize=["N", "V", "n_splits", "topk"])
+def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top,
+                    N, V, D, stride_h, stride_w, logit_scale, softcap, vocab_per_split, n_splits, rank_tie, topk,
+                    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
+                    PRECISION: tl.constexpr, KPAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
+    # Grouped order: consecutive programs share GROUP_N token blocks and walk all splits, so the
+    # hidden blocks and the weight tiles they stream stay in L2.
+    pid = tl.program_id(0)
+    n_blocks = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_N * n_splits
+    first = (pid // in_group) * GROUP_N
+    group_size = tl.minimum(n_blocks - first, GROUP_N)
+    pid_n = first + (pid % in_group) % group_size
+    pid_s = ((pid % in_group) // group_size).to(tl.int64)
+
+    rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    y = tl.load(Y + rows, mask=row_ok, other=0).to(tl.int64)  # int64: y * stride_w can pass 2^31
+    y = tl.where((y < 0) | (y >= V), 0, y)  # ignore_index: compute with y = 0, the merge writes 0
+    dd = tl.arange(0, BLOCK_D)
+    h_ptr = H + rows[:, None] * stride_h + dd[None, :]
+
+    # Prologue: z_y as the diagonal of h @ W[y]^T, accumulated like the main tiles.
+    acc_y = tl.zeros([BLOCK_N, BLOCK_N], dtype=tl.float32)
+    wy_ptr = W + y[None, :] * stride_w + dd[:, None]
+    for d0 in range(0, D, BLOCK_D):
+        d_ok = dd < D - d0
+        h = tl.load(h_ptr + d0, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(wy_ptr + d0, mask=d_ok[:, None], other=0.0)
+        if DOT_FP32:
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        acc_y = tl.dot(h, w, acc_y, input_precision=PRECISION)
+    eye = tl.arange(0, BLOCK_N)[:, None] == tl.arange(0, BLOCK_N)[None, :]
+    zy = tl.sum(tl.where(eye, acc_y, 0.0), axis=1)
+    by = 0.0
+    if HAS_BIAS:
+        by = tl.load(Bias + y).to(tl.float32)
+    zy = _transform(zy, by, logit_scale, softcap, HAS_SOFTCAP)
+    above = zy + rank_tie * tl.maximum(tl.abs(zy), 1.0)  # z_v > above: strictly greater than z_y
+
+    m = zy
+    r = tl.zeros([BLOCK_N], dtype=tl.float32)
+    r1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    r2 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    gt = tl.zeros([BLOCK_N], dtype=tl.int32)
+    if KPAD > 0:
+        slot = tl.arange(0, KPAD)[None, :]
+        top = tl.where(slot < topk, float("-inf"), float("inf")) + tl.zeros([BLOCK_N, KPAD], tl.float32)
+
+    # One flat loop over (vocabulary tile, d chunk) pairs, so that the software pipeline keeps loading the
+    # next tile while a finished tile's statistics are folded in.
+    v_begin = pid_s * vocab_per_split
+    v_end = tl.minimum(v_begin + vocab_per_split, V)
+    vv = tl.arange(0, BLOCK_V)
+    n_d = tl.cdiv(D, BLOCK_D)
+    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    for step in range(0, (tl.cdiv(v_end - v_begin, BLOCK_V) * n_d).to(tl.int32)):  # int32: cheap // and %
+        kd = step % n_d
+        cols = v_begin + (step // n_d) * BLOCK_V + vv
+        col_ok = cols < v_end
+        d_ok = dd < D - kd * BLOCK_D
+        h = tl.load(h_ptr + kd * BLOCK_D, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(W + cols[None, :] * stride_w + (kd * BLOCK_D + dd)[:, None],
+                    mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+        if DOT_FP32:
+            h = h.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(h, w, acc, input_precision=PRECISION)
+        if kd == n_d - 1:
+            b = 0.0
+            if HAS_BIAS:
+                b = tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+            z = _transform(acc, b, logit_scale, softcap, HAS_SOFTCAP)
+            acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+            is_y = cols[None, :] == y[:, None]
+            z = tl.where(is_y, zy[:, None], z)
+            z = tl.where(col_ok[None, :], z, float("-inf"))
+
+            gt += tl.sum((z > above[:, None]).to(tl.int32), axis=1)
+            m_new = tl.maximum(m, tl.max(z, axis=1))
+            a = tl.exp(m - m_new)
+            zc = tl.where(col_ok[None, :], z - m_new[:, None], 0.0)
+            e = tl.where(col_ok[None, :] & ~is_y, tl.exp(zc), 0.0)
+            r1 = a * (r1 + (m - m_new) * r) + tl.sum(e * zc, axis=1)
+            r = a * r + tl.sum(e, axis=1)
+            r2 = a * a * r2 + tl.sum(e * e, axis=1)
+            m = m_new
+            if KPAD > 0:
+                top = _insert_topk(top, z)
+
+    out = pid_s * 4 * N + rows
+    tl.store(Part + out, m, mask=row_ok)
+    tl.store(Part + out + N, r, mask=row_ok)
+    tl.store(Part + out + 2 * N, r1, mask=row_ok)
+    tl.store(Part + out + 3 * N, r2, mask=row_ok)
+    tl.store(Gt + pid_s * N + rows, gt, mask=row_ok)
+    if pid_s == 0:
+        tl.store(Zy + rows, zy, mask=row_ok)
+    if KPAD > 0:
+        kk = tl.arange(0, KPAD)
+        tl.store(Top + (pid_s * N + rows)[:, None] * KPAD + kk[None, :], top, mask=row_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["N", "n_splits", "topk"])
+def _merge_kernel(Part, Gt, Zy, Top, Y, Lse, Nll, Brier, Entropy, Rank, BrierTopk,
+                  N, n_splits, log_v, ignore_index, topk,
+                  KPAD: tl.constexpr, S_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    sp = tl.arange(0, S_PAD).to(tl.int64)
+    ok = row_ok[:, None] & (sp < n_splits)[None, :]
+    at = sp[None, :] * 4 * N + rows[:, None]
+
+    m_k = tl.load(Part + at, mask=ok, other=float("-inf"))
+    m_k = tl.where(row_ok[:, None], m_k, 0.0)
+    r_k = tl.load(Part + at + N, mask=ok, other=0.0)
+    r1_k = tl.load(Part + at + 2 * N, mask=ok, other=0.0)
+    r2_k = tl.load(Part + at + 3 * N, mask=ok, other=0.0)
+    gt_k = tl.load(Gt + sp[None, :] * N + rows[:, None], mask=ok, other=0)
+
+    m = tl.max(m_k, axis=1)
+    a = tl.exp(m_k - m[:, None])  # 0 for padded splits
+    r = tl.sum(a * r_k, axis=1)
+    r1 = tl.sum(a * (r1_k + tl.where(ok, m_k - m[:, None], 0.0) * r_k), axis=1)
+    r2 = tl.sum(a * a * r2_k, axis=1)
+    rank = 1 + tl.sum(gt_k, axis=1)
+
+    zy = tl.load(Zy + rows, mask=row_ok, other=0.0)
+    d_y = zy - m  # <= 0
+    e_y = tl.exp(d_y)
+    s = e_y + r
+    log_s = tl.log(s)
+    nll = tl.where(d_y > -60.0, _log1p(r / tl.where(d_y > -60.0, e_y, 1.0)), log_s - d_y)
+    q = _expm1(-nll)  # -(1 - p_y)
+    brier = q * q + r2 / (s * s)
+    entropy = tl.minimum(tl.maximum(log_s - (r1 + e_y * d_y) / s, 0.0), log_v)
+    lse = m + log_s
+
+    keep = tl.load(Y + rows, mask=row_ok, other=ignore_index) != ignore_index
+    tl.store(Lse + rows, tl.where(keep, lse, 0.0), mask=row_ok)
+    tl.store(Nll + rows, tl.where(keep, nll, 0.0), mask=row_ok)
+    tl.store(Brier + rows, tl.where(keep, brier, 0.0), mask=row_ok)
+    tl.store(Entropy + rows, tl.where(keep, entropy, 0.0), mask=row_ok)
+    tl.store(Rank + rows, tl.where(keep, rank, 0), mask=row_ok)
+
+    if KPAD > 0:
+        # split 0's top is already a valid running top-K; the other splits' values are inserted into it
+        kk = tl.arange(0, KPAD)[None, :]
+        top = tl.load(Top + rows[:, None] * KPAD + kk, mask=row_ok[:, None], other=0.0)
+        for c in range(1, n_splits):
+            at_c = (c * N + rows[:, None]) * KPAD + kk
+            top = _insert_topk(top, tl.load(Top + at_c, mask=row_ok[:, None] & (kk < topk), other=float("-inf")))
+        top = tl.where(kk < topk, top, float("-inf"))
+        top = tl.where(row_ok[:, None], top, 0.0)
+        top_max = tl.max(top, axis=1)
+        lse_k = top_max + tl.log(tl.sum(tl.exp(top - top_max[:, None]), axis=1))
+        p = tl.exp(top - lse_k[:, None])
+        p_y = tl.where(rank <= topk, tl.exp(zy - lse_k), 0.0)
+        brier_topk = 1.0 - 2.0 * p_y + tl.sum(p * p, axis=1)
+        tl.store(BrierTopk + rows, tl.where(keep, brier_topk, 0.0), mask=row_ok)
+
+
+_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
+
+
+def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         bias: Optional[torch.Tensor] = None, logit_scale: float = 1.0,
+                         softcap: Optional[float] = None, topk: int = 0, ignore_index: int = -100,
+                         config: Optional[Config] = None) -> LMHeadStats:
+    """Launches the fused statistics. Inputs as ``lark_fast.ops.lm_head_stats`` (which validates
+    values; this checks shapes and layout). fp32 operands follow
+    ``torch.get_float32_matmul_precision()`` (``highest`` = IEEE fp32 products)."""
+    n, d = hidden.shape
+    v = weight.shape[0]
+    assert weight.shape == (v, d) and targets.shape == (n,), "shapes: hidden [N, d], weight [V, d], targets [N]"
+    assert bias is None or bias.shape == (v,), "bias: expected [V]"
+    assert 0 <= topk <= MAX_TOPK, f"topk: at most {MAX_TOPK}"
+    cfg = config or default_config(hidden, weight)
+    kpad = MAX_TOPK if topk else 0  # one top-K width for every K: one compiled variant
+    assert cfg.vocab_per_split % cfg.block_v == 0, "config: vocab_per_split must be a multiple of block_v"
+    hidden = hidden if hidden.stride(1) == 1 else hidden.contiguous()
+    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    targets = targets.contiguous()
+
+    dev = hidden.device
+    n_splits = triton.cdiv(v, cfg.vocab_per_split)
+    part = torch.empty(n_splits, 4, n, dtype=torch.float32, device=dev)
+    gt = torch.empty(n_splits, n, dtype=torch.int32, device=dev)
+    zy = torch.empty(n, dtype=torch.float32, device=dev)
+    top = torch.empty(n_splits, n, kpad, dtype=torch.float32, device=dev) if topk else part
+    lse, nll, brier, entropy = (torch.empty(n, dtype=torch.float32, device=dev) for _ in range(4))
+    rank = torch.empty(n, dtype=torch.int32, device=dev)
+    brier_topk = torch.empty(n, dtype=torch.float32, device=dev) if topk else None
+    if n == 0:
+        return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk)
+
+    dot_fp32 = INTERPRET or hidden.dtype != weight.dtype or hidden.dtype == torch.float32
+    precision = _PRECISION[torch.get_float32_matmul_precision()] if dot_fp32 else None
+    n_blocks = triton.cdiv(n, cfg.block_n)
+    _partial_kernel[(n_blocks * n_splits,)](
+        hidden, weight, bias if bias is not None else zy, targets, part, gt, zy, top,
+        n, v, d, hidden.stride(0), weight.stride(0), float(logit_scale),
+        float(softcap) if softcap is not None else 1.0, cfg.vocab_per_split, n_splits, RANK_TIE, topk,
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, DOT_FP32=dot_fp32,
+        PRECISION=precision, KPAD=kpad, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v,
+        BLOCK_D=cfg.block_d, GROUP_N=cfg.group_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _merge_kernel[(triton.cdiv(n, cfg.merge_block),)](
+        part, gt, zy, top, targets, lse, nll, brier, entropy, rank,
+        brier_topk if topk else lse, n, n_splits, math.log(v), ignore_index, topk,
+        KPAD=kpad, S_PAD=triton.next_power_of_2(n_splits), BLOCK_N=cfg.merge_block,
+        num_warps=4, num_stages=1)
+    return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk)
+
+
+def compile_ahead(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, arch: int = 90,
+                  **kwargs) -> list:
+    """Compiles, without launching and without a GPU, the kernels that ``lm_head_stats_triton`` would
+    run for these arguments (CPU tensors do), for CUDA compute capability ``arch``, specialised the way
+    a launch specialises them. Catches compile-only errors where no GPU is at hand; each result's
+    ``asm["ptx"]`` can go through ``ptxas -v`` for registers and spills. Needs TRITON_INTERPRET unset."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource
+
+    assert not INTERPRET, "compile_ahead needs the compiled (not interpreted) kernels"
+    launches = []
+
+    class Record:  # stands in for a kernel: keeps the launch's arguments
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: launches.append((self.kernel, args, kw))
+
+    kernels = {"_partial_kernel": _partial_kernel, "_merge_kernel": _merge_kernel}
+    globals().update({name: Record(k) for name, k in kernels.items()})
+    try:
+        lm_head_stats_triton(hidden, weight, targets, **kwargs)
+    finally:
+        globals().update(kernels)
+    compiled = []
+    for kernel, args, kw in launches:
+        options = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
+        signature, constexprs, attrs = {}, dict(kw), {}
+        for i, (param, arg) in enumerate(zip(kernel.params, args)):
+            ty, key = native_specialize_impl(BaseBackend, arg, False, not param.do_not_specialize, True)
+            signature[param.name] = ty
+            if ty == "constexpr":
+                constexprs[param.name] = arg
+            elif key:
+                attrs[(i,)] = BaseBackend.parse_attr(key)
+        signature.update({name: "constexpr" for name in kw})
+        src = ASTSource(kernel, {p.name: signature[p.name] for p in kernel.params}, constexprs, attrs)
+        compiled.append(triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options))
+    return compiled
+
