@@ -187,12 +187,14 @@ def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None,
             secs = time.perf_counter() - t0
         return result, secs, mem.mb
 
-    score(model, tokenizer, records[:2], **{**opts, "progress": False})  # warm-up
+    warm = [{"problem_id": r.problem_id, "candidate_id": r.candidate_id, "teacher": r.teacher, "messages": r.messages}
+            for r in records[:2]]
+    score(model, tokenizer, warm, **{**opts, "progress": False})  # warm-up: kernels, allocator
     chat = ChatTokenizer(tokenizer, max_length=max_length or getattr(model.config, "max_position_embeddings", None))
     _, tok_secs, tok_mb = measure("length", lambda: [chat(r.messages) for r in records])
     for name, topk, extra in (("lark", 0, ()), ("fused", 50, ()), ("ifd", 0, ("ifd",)),
                               ("local_naturalness", 0, ("local_naturalness",))):
-        table, secs, mb = measure(name, lambda: score(model, tokenizer, records, topk=topk, methods=extra, **opts))
+        table, secs, mb = measure(name, lambda: score(model, tokenizer, pool, topk=topk, methods=extra, **opts))
         tables[name] = (table, secs, mb)
     ref, ref_secs, ref_mb = measure("reference", lambda: reference_scores(model, tokenizer, records, max_length))
 

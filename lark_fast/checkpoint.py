@@ -22,7 +22,7 @@ from .table import atomic_write, write_json
 COLUMNS = {  # name -> numpy dtype (object = string)
     "ordinal": np.int64, "problem_id": object, "candidate_id": object, "teacher": object, "truncated": bool,
     "status": object, "reason": object, "n_tokens": np.int64, "nll": np.float64, "brier": np.float64,
-    "entropy": np.float64, "rank_clipped": np.float64, "brier_topk": np.float64,
+    "entropy": np.float64, "rank_clipped": np.float64, "brier_topk": np.float64, "entropy_topk": np.float64,
     "ifd_nll": np.float64, "ifd_n": np.float64, "local_nll": np.float64, "local_n": np.float64,
 }
 CHECKSUM_KEY = b"lark_fast.checksum"

@@ -80,7 +80,7 @@ def cmd_score(args) -> int:
     table = score(model, tokenizer, args.input, max_length=args.max_length, batch_size=args.batch_size,
                   max_tokens_per_batch=args.max_tokens_per_batch, topk=args.topk, on_error=args.on_error,
                   methods=[m for m in args.methods.split(",") if m], chat_template=template,
-                  progress=not args.quiet, packing="off" if args.no_packing else "auto",
+                  progress=not args.quiet, packing="off" if args.no_packing else "auto", backend=args.backend,
                   run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard)
     if shard.rank != 0:
         return 0
@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="discard parts of an earlier run instead of resuming")
     s.add_argument("--keep-parts", action="store_true", help="keep <output>.parts/ after the final table is written")
     s.add_argument("--no-packing", action="store_true", help="right-padded batches instead of packed rows")
+    s.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
+                   help="LM-head statistics: auto (default; Triton on CUDA, torch on CPU), torch or triton "
+                        "(also $LARK_FAST_BACKEND)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_score)
 

@@ -36,7 +36,7 @@ METHODS = {m.name: m for m in [
     Method("rsr", "rsr", -1, FUSED, "1", "rank-surprisal ratio: sum min(rank, 100) / sum nll (arXiv 2601.14249)"),
     Method("entropy", "entropy", -1, FUSED, "1", "mean predictive entropy of the student over the trajectory"),
     Method("topk_entropy", "topk_entropy", -1, FUSED, "1",
-           "mean entropy of the student's softmax renormalised over its 50 largest logits"),
+           "mean entropy of the student's softmax renormalised over its K largest logits (--topk, default 50)"),
     Method("length", "n_tokens", +1, FREE, "0", "number of scored (assistant) tokens"),
     Method("random", "random", +1, FREE, "0", "seeded uniform random number per (problem_id, candidate_id)"),
     Method("ifd", "ifd", +1, EXTRA, "1 more",

@@ -30,7 +30,7 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     hidden [N, d] (fp32/bf16/fp16), weight [V, d], targets [N] int (``ignore_index`` = skip),
     bias [V] or None, softcap c: z -> c tanh(z / c). Returns fp32 ``lse, nll, brier, entropy``,
     int32 ``rank`` (1 + #{v: z_v > z_y}) and, with ``topk=K`` (K <= 64), ``brier_topk`` (the
-    published top-K renormalised Brier). With ``cu_seqlens`` (int, [S + 1]) also float64
+    published top-K renormalised Brier) and ``entropy_topk`` (entropy of that renormalised softmax). With ``cu_seqlens`` (int, [S + 1]) also float64
     per-segment sums over non-ignored tokens in ``.segments``. Ignored tokens hold 0.
     Directions: nll, brier, rank lower = the student already predicts the token.
 

@@ -10,6 +10,7 @@ instead of scoring wrong.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -55,9 +56,9 @@ class LMHead:
         softcap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3: c tanh(z / c)
         return cls(module.weight, getattr(module, "bias", None), scale, float(softcap) if softcap else None, module)
 
-    def stats(self, hidden, targets, cu_seqlens=None, topk=0) -> ops.LMHeadStats:
+    def stats(self, hidden, targets, cu_seqlens=None, topk=0, backend="auto") -> ops.LMHeadStats:
         return ops.lm_head_stats(hidden, self.weight, targets, bias=self.bias, logit_scale=self.logit_scale,
-                                 softcap=self.softcap, cu_seqlens=cu_seqlens, topk=topk)
+                                 softcap=self.softcap, cu_seqlens=cu_seqlens, topk=topk, backend=backend)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Materialised logits, fp32; only for checking a handful of positions."""
@@ -132,13 +133,16 @@ class Scorer:
 
     ``packing``: "auto" packs trajectories back to back into one row per forward with segment-wise
     attention when a check on two short sequences shows the packed forward equals separate ones;
-    otherwise (or with "off") batches are right-padded.
+    otherwise (or with "off") batches are right-padded. ``backend`` chooses the LM-head statistics'
+    implementation (``ops.lm_head_stats``); None reads $LARK_FAST_BACKEND, default "auto".
     """
 
     def __init__(self, model, tokenizer, *, max_length: Optional[int] = None, topk: int = 50,
-                 chat_template: Optional[str] = None, verify_head: bool = True, packing: str = "auto"):
+                 chat_template: Optional[str] = None, verify_head: bool = True, packing: str = "auto",
+                 backend: Optional[str] = None):
         if packing not in ("auto", "off"):
             raise ValueError(f"packing: expected 'auto' or 'off', got {packing!r}")
+        self.backend = backend or os.environ.get("LARK_FAST_BACKEND", "auto")
         self.model = model
         self.head = LMHead.from_model(model)
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -204,20 +208,23 @@ class Scorer:
         return hidden[pos], ids[pos + 1], cu_scored
 
     def score_batch(self, items: list) -> dict:
-        """Per-record float64 sums (``n_tokens, nll, brier, entropy, rank_clipped, brier_topk``) for
-        a list of ``Tokenized`` records with status ok."""
+        """Per-record float64 sums (``n_tokens, nll, brier, entropy, rank_clipped, brier_topk,
+        entropy_topk``; the last two NaN without top-K) for a list of ``Tokenized`` records with status ok."""
         with torch.inference_mode(), _eval_mode(self.model):
             hidden, targets, cu = self._hidden(items)
-            seg = self.head.stats(hidden, targets, cu, self.topk).segments
+            seg = self.head.stats(hidden, targets, cu, self.topk, self.backend).segments
         out = {name: getattr(seg, name).cpu().numpy() for name in ("n_tokens", "nll", "brier", "entropy", "rank_clipped")}
-        out["brier_topk"] = seg.brier_topk.cpu().numpy() if seg.brier_topk is not None else np.full(len(items), np.nan)
+        for name in ("brier_topk", "entropy_topk"):
+            x = getattr(seg, name)
+            out[name] = x.cpu().numpy() if x is not None else np.full(len(items), np.nan)
         return out
 
 
 class _Results:
     """Per-record rows of one process, flushed to the run directory in parts (or kept in memory)."""
 
-    SUMS = ("nll", "brier", "entropy", "rank_clipped", "brier_topk", "ifd_nll", "ifd_n", "local_nll", "local_n")
+    SUMS = ("nll", "brier", "entropy", "rank_clipped", "brier_topk", "entropy_topk", "ifd_nll", "ifd_n", "local_nll",
+            "local_n")
 
     def __init__(self, run_dir: Optional[RunDirectory], every_records: int, every_seconds: float):
         self.run_dir = run_dir
@@ -282,20 +289,21 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
           max_tokens_per_batch: int = 8192, batch_size: Optional[int] = None, topk: int = 50,
           methods: Iterable[str] = (), random_seed: int = 0, on_error: str = "skip",
           chat_template: Optional[str] = None, progress: bool = True, verify_head: bool = True,
-          packing: str = "auto", run_dir=None, overwrite: bool = False, checkpoint_every: int = 2000,
-          shard: Optional[Shard] = None) -> ScoreTable:
+          packing: str = "auto", backend: Optional[str] = None, run_dir=None, overwrite: bool = False,
+          checkpoint_every: int = 2000, shard: Optional[Shard] = None) -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (SPEC §3).
 
     ``records``: a ``.jsonl``/``.parquet`` path or an iterable of dicts (SPEC §7). Returns one row
     per record read, in input order, with columns ``problem_id, candidate_id, teacher, n_tokens,
-    truncated, status, L, brier, rho, g_hat, entropy, rsr, global_naturalness, brier_top{topk},
+    truncated, status, L, brier, rho, g_hat, entropy, rsr, global_naturalness, brier_top{topk}, topk_entropy,
     reason`` and one more per requested method of ``lark_fast.methods`` that is not computed in the
     fused pass (``random``, ``ifd``, ``local_naturalness``). Records that cannot be read are in
     ``table.issues``; read but unscorable ones have a status other than ``ok`` and NaN scores.
     ``max_length`` (default: the model's context) truncates, flagged.
 
     Trajectories are packed into forwards of at most ``max_tokens_per_batch`` tokens (a longer one
-    goes alone) and ``batch_size`` trajectories. With ``run_dir``, results are flushed there in parts
+    goes alone) and ``batch_size`` trajectories. ``backend`` picks the LM-head statistics' implementation
+    ("auto": the Triton kernel on CUDA, the chunked torch path on CPU; None reads $LARK_FAST_BACKEND). With ``run_dir``, results are flushed there in parts
     every ``checkpoint_every`` records (and every 2 minutes); a later call with the same settings
     resumes, scoring only what is missing. ``shard`` (torchrun) splits the pool across processes,
     which then need a shared ``run_dir``; every process returns the merged table.
@@ -311,7 +319,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     if shard.world > 1 and run_dir is None:
         raise ValueError("run_dir: required when scoring with several processes")
     scorer = Scorer(model, tokenizer, max_length=max_length, topk=topk, chat_template=chat_template,
-                    verify_head=verify_head, packing=packing)
+                    verify_head=verify_head, packing=packing, backend=backend)
     reader = PoolReader(records, on_error=on_error)
     store = None
     if run_dir is not None:
@@ -418,8 +426,9 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     worker.join()
     seconds = time.perf_counter() - t0
 
-    dist_barrier(shard)
+    dist_barrier(shard)  # every rank's parts are written
     cols = store.load() if store is not None else concat(results.chunks)
+    dist_barrier(shard)  # every rank has read them (rank 0 may delete them next)
     order = np.argsort(cols["ordinal"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
     missing = sorted(set(range(reader.n_valid)) - set(cols["ordinal"].tolist()))
@@ -459,6 +468,8 @@ def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple =
     }
     if topk:
         columns[f"brier_top{topk}"] = per["brier_topk"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            columns["topk_entropy"] = np.where(ok, cols["entropy_topk"] / cols["n_tokens"], np.nan)
     with np.errstate(divide="ignore", invalid="ignore"):
         if "random" in wanted:
             columns["random"] = random_scores(cols["problem_id"], cols["candidate_id"], random_seed)

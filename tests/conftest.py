@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Under the interpreter "auto" would route every scorer test through the Triton interpreter (minutes);
+# scorer-level tests use the torch path unless they ask for the kernel (the kernel has its own tests).
+os.environ.setdefault("LARK_FAST_BACKEND", "torch")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -40,6 +40,7 @@ def oracle(h, W, y, bias=None, scale=1.0, cap=None, K=0, ignore_index=-100):
         pk = torch.exp(vals - lse_k[:, None])
         py = torch.exp(zy - lse_k) * ((1 + (z > zy[:, None]).sum(1)) <= K)
         out["brier_topk"] = 1 - 2 * py + (pk ** 2).sum(1)
+        out["entropy_topk"] = -(pk * torch.log_softmax(vals, 1)).sum(1)
     return out, keep
 
 
@@ -53,7 +54,7 @@ def make(N, d, V, dtype=torch.float32, seed=0, scale=1.0):
 
 def check_against_oracle(s, ref, keep, tol, same_dtype):
     """|ours - gt| <= |torch same-dtype - gt| + tol (1 + max_v |z_v|): logit rounding scales with |z|."""
-    for name in ("lse", "nll", "brier", "entropy", "brier_topk"):
+    for name in ("lse", "nll", "brier", "entropy", "brier_topk", "entropy_topk"):
         if name not in ref:
             continue
         ours = getattr(s, name).double()[keep]
@@ -73,7 +74,7 @@ def test_matches_float64_oracle(N, d, V):
     s = ops.lm_head_stats(h, W, y, topk=K, backend="torch")
     ref, keep = oracle(h, W, y, K=K)
     check_against_oracle(s, ref, keep, 1e-5, lm_head_stats_naive(h, W, y, topk=K))
-    for name in ("lse", "nll", "brier", "entropy", "rank", "brier_topk"):
+    for name in ("lse", "nll", "brier", "entropy", "rank", "brier_topk", "entropy_topk"):
         assert bool((getattr(s, name)[~keep] == 0).all()), f"ignored tokens must hold 0 in {name}"
 
 
@@ -130,9 +131,9 @@ def test_brier_small_one_minus_p():
     h = torch.tensor([[16.5]])
     s = ops.lm_head_stats(h, W, torch.tensor([0]), backend="torch")
     one_minus_p = 2 * math.exp(-16.5) / (1 + 2 * math.exp(-16.5))
-    assert s.nll.item() == pytest.approx(math.log1p(2 * math.exp(-16.5)), rel=1e-5)
+    assert s.nll.item() == pytest.approx(math.log1p(2 * math.exp(-16.5)), rel=1e-5, abs=0)
     exact = one_minus_p ** 2 + 2 * (math.exp(-16.5) / (1 + 2 * math.exp(-16.5))) ** 2
-    assert s.brier.item() == pytest.approx(exact, rel=1e-4)
+    assert s.brier.item() == pytest.approx(exact, rel=1e-4, abs=0)  # ~3e-14: 1 - exp(-nll) would give 0
 
 
 def test_segment_sums_and_counts():
@@ -145,7 +146,7 @@ def test_segment_sums_and_counts():
         a, b = cu[i].item(), cu[i + 1].item()
         sl = slice(a, b)
         assert seg.n_tokens[i].item() == int((y[sl] != -100).sum())
-        for name in ("nll", "brier", "entropy", "brier_topk"):
+        for name in ("nll", "brier", "entropy", "brier_topk", "entropy_topk"):
             assert getattr(seg, name)[i].item() == pytest.approx(getattr(s, name)[sl].double().sum().item(), abs=1e-9)
         assert seg.rank_clipped[i].item() == s.rank[sl].clamp(max=100).sum().item()
     assert seg.n_tokens[1].item() == 0 and seg.nll[1].item() == 0.0
@@ -155,7 +156,7 @@ def test_deterministic_bitwise():
     h, W, y = make(50, 33, 999, seed=5)
     a = ops.lm_head_stats(h, W, y, topk=50, backend="torch")
     b = ops.lm_head_stats(h, W, y, topk=50, backend="torch")
-    for name in ("lse", "nll", "brier", "entropy", "rank", "brier_topk"):
+    for name in ("lse", "nll", "brier", "entropy", "rank", "brier_topk", "entropy_topk"):
         assert torch.equal(getattr(a, name), getattr(b, name))
 
 

@@ -26,7 +26,7 @@ if DEV == "cpu" and not TRITON_INTERPRET:
 
 from lark_fast.kernels.lm_head_stats.fused import Config, _expm1, _log1p, _transform  # noqa: E402
 
-NAMES = ("lse", "nll", "brier", "entropy", "rank", "brier_topk")
+NAMES = ("lse", "nll", "brier", "entropy", "rank", "brier_topk", "entropy_topk")
 # many small splits (6 of them) and groups of 2 token blocks: exercises the merge and the grouped order
 SPLIT6 = Config(block_n=16, block_v=64, block_d=32, group_n=2, vocab_per_split=192, num_warps=4, num_stages=1,
                 merge_block=16)
@@ -60,6 +60,7 @@ def reference64(h, W, y, *, bias=None, scale=1.0, cap=None, K=0):
         lse_k = torch.logsumexp(top, 1)
         in_top = out["rank_lo"] <= K
         out["brier_topk"] = 1 - 2 * torch.exp(zy - lse_k) * in_top + (pk * pk).sum(1)
+        out["entropy_topk"] = -(pk * torch.log_softmax(top, 1)).sum(1)
         out["topk_sure"] = (out["rank_hi"] <= K) | (out["rank_lo"] > K)
     return {name: x.cpu() for name, x in out.items()}
 
@@ -68,7 +69,7 @@ def check(s, ref, y, *, same=None, tol=2e-6, abs_tol=None):
     """|ours - gt| <= |torch same-dtype - gt| + tol (1 + max|z|); with abs_tol also |ours - gt| <= abs_tol;
     rank inside the oracle's band; invariants; ignored tokens hold 0."""
     keep = (y != -100).cpu()
-    for name in ("lse", "nll", "brier", "entropy", "brier_topk"):
+    for name in ("lse", "nll", "brier", "entropy", "brier_topk", "entropy_topk"):
         ours = getattr(s, name)
         if ours is None:
             continue
@@ -352,6 +353,6 @@ def test_gpu_int64_offsets():
     y[:8] = V - 1 - torch.arange(8, device=DEV)  # targets in the rows past 2^31 elements
     s = lm_head_stats_triton(h, W, y, topk=10)
     t = lm_head_stats_torch(h, W, y, topk=10, vocab_block=65536)
-    for name in ("lse", "nll", "brier", "entropy", "brier_topk"):
+    for name in ("lse", "nll", "brier", "entropy", "brier_topk", "entropy_topk"):
         assert torch.allclose(getattr(s, name), getattr(t, name), rtol=1e-4, atol=1e-4), name
     assert (s.rank - t.rank).abs().max() <= 2

@@ -33,9 +33,10 @@ def oracle_table(model, tokenizer, records, max_length=None):
         pk = torch.softmax(vals, 1)
         py = torch.exp(zy - torch.logsumexp(vals, 1)) * (rank <= 50)
         top = 1 - 2 * py + (pk ** 2).sum(1)
+        top_entropy = -(pk * torch.log_softmax(vals, 1)).sum(1)
         rows.append({"L": nll.mean().item(), "brier": brier.mean().item(), "entropy": entropy.mean().item(),
                      "rsr": rank.clamp(max=100).sum().item() / nll.sum().item(), "brier_top50": top.mean().item(),
-                     "n_tokens": len(y), "truncated": t.truncated})
+                     "topk_entropy": top_entropy.mean().item(), "n_tokens": len(y), "truncated": t.truncated})
     out = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     out["rho"] = out["brier"] / out["L"]
     pids = np.array([r["problem_id"] for r in records])
@@ -50,14 +51,16 @@ def oracle_table(model, tokenizer, records, max_length=None):
 def assert_matches(table, ref, rtol=1e-5):
     assert np.array_equal(table["n_tokens"], ref["n_tokens"])
     assert np.array_equal(table["truncated"], ref["truncated"])
-    for k in ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50"):
+    for k in ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50", "topk_entropy"):
         np.testing.assert_allclose(table[k], ref[k], rtol=rtol, atol=1e-7, err_msg=k)
+    np.testing.assert_array_equal(table["global_naturalness"], -table["L"])
 
 
-def test_scores_match_the_models_own_logits(tokenizer):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_scores_match_the_models_own_logits(tokenizer, backend):
     model = tiny_llama()
     recs = make_records()
-    table = lark_fast.score(model, tokenizer, recs, batch_size=4, progress=False)
+    table = lark_fast.score(model, tokenizer, recs, batch_size=4, progress=False, backend=backend)
     assert list(table["problem_id"]) == [r["problem_id"] for r in recs]
     assert (table["status"] == "ok").all()
     assert_matches(table, oracle_table(model, tokenizer, recs))

@@ -26,6 +26,7 @@ class SegmentSums:
     entropy: torch.Tensor
     rank_clipped: torch.Tensor  # sum of min(rank, 100)
     brier_topk: Optional[torch.Tensor] = None
+    entropy_topk: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -37,7 +38,8 @@ class LMHeadStats:
     brier: torch.Tensor
     entropy: torch.Tensor
     rank: torch.Tensor
-    brier_topk: Optional[torch.Tensor] = None
+    brier_topk: Optional[torch.Tensor] = None    # with topk: the published top-K renormalised Brier
+    entropy_topk: Optional[torch.Tensor] = None  # with topk: entropy of the top-K renormalised softmax
     segments: Optional[SegmentSums] = None
 
 
@@ -111,6 +113,7 @@ def reduce_segments(stats: LMHeadStats, targets: torch.Tensor, cu_seqlens: torch
         entropy=segment_sums(stats.entropy, cu_seqlens),
         rank_clipped=segment_sums(stats.rank.clamp(max=RANK_CLIP), cu_seqlens),
         brier_topk=None if stats.brier_topk is None else segment_sums(stats.brier_topk, cu_seqlens),
+        entropy_topk=None if stats.entropy_topk is None else segment_sums(stats.entropy_topk, cu_seqlens),
     )
 
 

@@ -22,6 +22,7 @@ with d_y = z_y - m, e_y = e^{d_y}, s = e_y + r:
   lse = m + log s           nll = log1p(r / e_y) (= lse - z_y without cancellation as p_y -> 1)
   brier = expm1(-nll)^2 + r2 / s^2                    entropy = log s - (r1 + e_y d_y) / s
   rank = 1 + gt             brier_topk = 1 - 2 p~_y [rank <= K] + sum_topK p~^2, p~ = softmax(top)
+                            entropy_topk = -sum_topK p~ log p~
 No atomics anywhere; every reduction has a fixed order. The target's column is overwritten with the
 prologue's z_y, so lse, nll and the rank use one and the same value of z_y.
 """
@@ -236,7 +237,7 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top,
 
 
 @triton.jit(do_not_specialize=["N", "n_splits", "topk"])
-def _merge_kernel(Part, Gt, Zy, Top, Y, Lse, Nll, Brier, Entropy, Rank, BrierTopk,
+def _merge_kernel(Part, Gt, Zy, Top, Y, Lse, Nll, Brier, Entropy, Rank, BrierTopk, EntropyTopk,
                   N, n_splits, log_v, ignore_index, topk,
                   KPAD: tl.constexpr, S_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -291,7 +292,9 @@ def _merge_kernel(Part, Gt, Zy, Top, Y, Lse, Nll, Brier, Entropy, Rank, BrierTop
         p = tl.exp(top - lse_k[:, None])
         p_y = tl.where(rank <= topk, tl.exp(zy - lse_k), 0.0)
         brier_topk = 1.0 - 2.0 * p_y + tl.sum(p * p, axis=1)
+        entropy_topk = -tl.sum(tl.where(kk < topk, p * (top - lse_k[:, None]), 0.0), axis=1)
         tl.store(BrierTopk + rows, tl.where(keep, brier_topk, 0.0), mask=row_ok)
+        tl.store(EntropyTopk + rows, tl.where(keep, entropy_topk, 0.0), mask=row_ok)
 
 
 _PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
@@ -324,9 +327,12 @@ def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     top = torch.empty(n_splits, n, kpad, dtype=torch.float32, device=dev) if topk else part
     lse, nll, brier, entropy = (torch.empty(n, dtype=torch.float32, device=dev) for _ in range(4))
     rank = torch.empty(n, dtype=torch.int32, device=dev)
-    brier_topk = torch.empty(n, dtype=torch.float32, device=dev) if topk else None
+    brier_topk, entropy_topk = ((torch.empty(n, dtype=torch.float32, device=dev) for _ in range(2)) if topk
+                                else (None, None))
+    result = LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk,
+                         entropy_topk=entropy_topk)
     if n == 0:
-        return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk)
+        return result
 
     dot_fp32 = INTERPRET or hidden.dtype != weight.dtype or hidden.dtype == torch.float32
     precision = _PRECISION[torch.get_float32_matmul_precision()] if dot_fp32 else None
@@ -340,10 +346,10 @@ def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         BLOCK_D=cfg.block_d, GROUP_N=cfg.group_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _merge_kernel[(triton.cdiv(n, cfg.merge_block),)](
         part, gt, zy, top, targets, lse, nll, brier, entropy, rank,
-        brier_topk if topk else lse, n, n_splits, math.log(v), ignore_index, topk,
+        brier_topk if topk else lse, entropy_topk if topk else lse, n, n_splits, math.log(v), ignore_index, topk,
         KPAD=kpad, S_PAD=triton.next_power_of_2(n_splits), BLOCK_N=cfg.merge_block,
         num_warps=4, num_stages=1)
-    return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk)
+    return result
 
 
 def compile_ahead(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, arch: int = 90,

@@ -34,17 +34,19 @@ def lm_head_stats_naive(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     above = zy + RANK_TIE * zy.abs().clamp(min=1)        # ties (up to fp32 rounding) favour y
     rank = 1 + (z > above[:, None]).sum(1)
 
-    brier_topk = None
+    brier_topk = entropy_topk = None
     if topk:
         vals = z.topk(topk, dim=1).values
         lse_k = torch.logsumexp(vals, dim=1)              # softmax renormalised over the top K
         pt = torch.exp(vals - lse_k[:, None])
         pt_y = torch.exp(zy - lse_k) * (rank <= topk)     # y is in the top K iff rank <= K
         brier_topk = 1 - 2 * pt_y + (pt * pt).sum(1)
+        entropy_topk = -(pt * (vals - lse_k[:, None])).sum(1)
 
     def out(x):
         return x.float().masked_fill(ignored, 0)
 
     return LMHeadStats(lse=out(lse), nll=out(nll), brier=out(brier), entropy=out(entropy),
                        rank=rank.to(torch.int32).masked_fill(ignored, 0),
-                       brier_topk=None if brier_topk is None else out(brier_topk))
+                       brier_topk=None if brier_topk is None else out(brier_topk),
+                       entropy_topk=None if entropy_topk is None else out(entropy_topk))

@@ -8,7 +8,8 @@ update is finite), sums over the non-target tokens v != y:
     r1 = sum_{v != y} exp(z_v - m) (z_v - m)
     r2 = sum_{v != y} exp(2 (z_v - m))
     gt = #{v : z_v > z_y}
-and, with ``topk``, the running K largest logits (top-K compatibility Brier). After the GEMM each
+and, with ``topk``, the running K largest logits (top-K compatibility Brier and entropy of the
+top-K renormalised softmax p~: -sum p~ log p~). After the GEMM each
 chunk costs four elementwise passes (compare-count, max, shift, exp) and three dot products. When m
 grows to m', r and r2 rescale by a = exp(m - m') and a^2, and r1 -> a (r1 + (m - m') r). At the end, with
 e_y = exp(z_y - m) and s = e_y + r:
@@ -43,7 +44,7 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     f32 = dict(dtype=torch.float32, device=dev)
     lse, nll, brier, entropy = (torch.zeros(n, **f32) for _ in range(4))
     rank = torch.zeros(n, dtype=torch.int32, device=dev)
-    brier_topk = torch.zeros(n, **f32) if topk else None
+    brier_topk, entropy_topk = ((torch.zeros(n, **f32) for _ in range(2)) if topk else (None, None))
     z_buf, e_buf = (torch.empty(min(n, token_block) * vocab_block, **f32) for _ in range(2))
 
     for t0 in range(0, n, token_block):
@@ -101,8 +102,10 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
             p_k = torch.exp(top - lse_k[:, None])
             p_y = torch.exp(zy - lse_k) * (rank_b <= topk)
             brier_topk[t0:t1] = 1 - 2 * p_y + (p_k * p_k).sum(1)
+            entropy_topk[t0:t1] = -(p_k * (top - lse_k[:, None])).sum(1)
 
     ignored = targets == ignore_index
-    for x in (lse, nll, brier, entropy, rank) + ((brier_topk,) if topk else ()):
+    for x in (lse, nll, brier, entropy, rank) + ((brier_topk, entropy_topk) if topk else ()):
         x.masked_fill_(ignored, 0)
-    return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk)
+    return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk,
+                       entropy_topk=entropy_topk)
