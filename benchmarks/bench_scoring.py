@@ -10,7 +10,7 @@ Ratios: lark_fast / bare_forward (the statistics' cost) and reference / lark_fas
 
     python benchmarks/bench_scoring.py                                  # SmolLM2 + CHAMP on CPU
     python benchmarks/bench_scoring.py --device cuda --shape qwen2.5-0.5b --problems 48
-    python benchmarks/bench_scoring.py --device cuda --shape llama-7b --synthetic 32768 --methods lark_fast,reference
+    python benchmarks/bench_scoring.py --device cuda --shape qwen2.5-7b --synthetic 32768 --methods lark_fast,reference
 
 ``--shape`` builds a randomly initialised model of that architecture from its config (no download);
 ``--synthetic T`` scores one T-token trajectory instead of the CHAMP pool.
@@ -34,36 +34,41 @@ from lark_fast.bench import reference_pass  # noqa: E402
 from lark_fast.chat import ChatTokenizer  # noqa: E402
 from lark_fast.demo import champ_pool  # noqa: E402
 from lark_fast.packing import pack_ffd, packed_row  # noqa: E402
+from lark_fast.pool import PoolReader  # noqa: E402
 from lark_fast.scorer import LMHead, hidden_before_head  # noqa: E402
 
 SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
     "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936),
     "qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936),
-    "llama-7b": (4096, 11008, 32, 32, 32, 32000),
     "qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064),
 }
 
 
 def build_model(args):
-    """(model, tokenizer): the named student, or a random model of ``--shape`` with SmolLM2's tokenizer."""
+    """(model, tokenizer): the named student, or a random model of ``--shape`` (tokenizer only for a pool)."""
     if args.shape is None:
         return lark_fast.models.load_student(args.model, args.device, args.dtype)
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
     h, i, n, a, kv, v = SHAPES[args.shape]
     cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
                       num_key_value_heads=kv, vocab_size=v, max_position_embeddings=65536, tie_word_embeddings=False)
     dtype = lark_fast.models.torch_dtype(args.dtype, args.device)
     with torch.device(args.device):
-        model = LlamaForCausalLM(cfg).to(dtype).eval()
-    return model, lark_fast.models.load_tokenizer(args.model)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    tokenizer = None if args.synthetic else lark_fast.models.load_tokenizer(args.tokenizer or args.model)
+    return model, tokenizer
 
 
 def workload(args, tokenizer, vocab):
-    """Token ids and first scored index of every trajectory."""
+    """Token ids and first scored index of every trajectory, and the pool records (None if synthetic)."""
     if args.synthetic:
         g = torch.Generator().manual_seed(0)
         return [(torch.randint(0, vocab, (args.synthetic,), generator=g).tolist(), 64)], None
-    recs = champ_pool(args.problems, args.settings.split(","))
+    if args.input:
+        recs = [{"problem_id": r.problem_id, "candidate_id": r.candidate_id, "teacher": r.teacher,
+                 "messages": r.messages} for r in PoolReader(args.input)]
+    else:
+        recs = champ_pool(args.problems, args.settings.split(","))
     ct = ChatTokenizer(tokenizer, max_length=args.max_length)
     toks = [ct(r["messages"]) for r in recs]
     return [(t.input_ids, t.start) for t in toks if t.status == "ok"], recs
@@ -112,6 +117,8 @@ def main():
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-tokens-per-batch", type=int, default=8192)
     p.add_argument("--synthetic", type=int, default=None)
+    p.add_argument("--input", default=None, help="pool (.jsonl); default: CHAMP via --problems / --settings")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory for --shape models (default: --model's)")
     p.add_argument("--methods", default="lark_fast,bare_forward,forward_matmul,reference")
     p.add_argument("--output", default="bench_scoring.csv")
     args = p.parse_args()

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# GPU check of the fused LM-head statistics kernel on one H100/H200, hard-capped at 8 minutes:
-#   1. benchmark: lark-triton, torch-chunked, torch-naive (+ liger-flce if importable), N=8192 bf16,
-#      SmolLM2 / Qwen2.5-1.5B / Llama-3.2-1B / 4096x131072 shapes, time + peak extra memory
-#   2. the kernel tests compiled on CUDA (bf16 real shapes, int64 offsets, determinism included)
-#   3. benchmark of the top-K compatibility mode (topk=50) at 4096x131072
-#   4. launch-config sweep of the fused kernel at 4096x131072
+# Every GPU check of lark_fast on one H100/H200, in one script with one time budget (BUDGET seconds,
+# default 540). STEPS picks and orders the groups (default: all, in this order):
+#   lm_head    fused LM-head statistics: benchmark (lark-triton, torch-chunked, torch-naive, bare cuBLAS,
+#              liger-flce if its wheel is under .whl/) at N=8192 bf16 on SmolLM2 / Qwen2.5-1.5B /
+#              Llama-3.2-1B / 4096x131072 shapes, the compiled kernel tests, top-50 mode, config sweep
+#   loss       weighted SFT loss: compiled CUDA test, time/memory vs HF's loss at 8k and 32k tokens
+#   scoring    whole pipeline vs the published approach on a Qwen2.5-0.5B-shaped model, and one
+#              32k-token trajectory on a Qwen2.5-7B-shaped model (152k vocabulary: the reference's fp32
+#              logits alone are 20 GB) — lark_fast vs reference: who runs out of memory
 #
-#   benchmarks/gpu_check.sh [OUT_DIR]      OUT_DIR defaults to $OUT, else benchmarks/results/gpu
+#   STEPS="lm_head loss" BUDGET=500 benchmarks/gpu_check.sh [OUT_DIR]     OUT_DIR: $OUT or benchmarks/results/gpu
 #
-# Everything lands in OUT_DIR (7 files): log.txt, pytest.xml, lm_head_stats_gpu.{csv,png},
-# lm_head_stats_gpu_topk50.{csv,png}, lm_head_stats_sweep.csv. Set LARK_GIT_SHA when the tree has no
-# .git (the CSVs record it). Wheels under .whl/ (e.g. liger-kernel) are installed first when present.
-# Without a CUDA device the same plumbing runs on CPU: interpreter tests and a tiny --cpu benchmark.
+# Everything lands in OUT_DIR: log.txt, pytest.xml, *.csv, *.png. Set LARK_GIT_SHA when the tree has
+# no .git (the CSVs record it). Without a CUDA device the same plumbing runs on CPU (interpreter
+# tests and tiny benchmarks), which is how this script is tested.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-benchmarks/results/gpu}}
@@ -21,7 +23,8 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export LARK_GIT_SHA=${LARK_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 start=$SECONDS
-BUDGET=${BUDGET:-470}  # seconds for all steps together
+BUDGET=${BUDGET:-540}  # seconds for all steps together
+STEPS=${STEPS:-lm_head loss scoring}
 failed=()
 step() {  # step NAME TIMEOUT_S CMD...: runs CMD within min(TIMEOUT_S, what is left of BUDGET), records failures
   local name=$1 limit=$2 left=$((BUDGET - (SECONDS - start)))
@@ -44,16 +47,36 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton
 
 if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
   export TRITON_INTERPRET=0
-  step benchmark 120 $PY benchmarks/bench_lm_head_stats.py --out "$OUT_DIR"
-  step tests 160 $PY -m pytest tests/test_lm_head_stats_triton.py -v -rs --durations=10 --junitxml="$OUT_DIR/pytest.xml"
-  step benchmark-topk50 45 $PY benchmarks/bench_lm_head_stats.py --topk 50 --shapes 4096x131072 \
-    --providers lark-triton torch-chunked --tag gpu_topk50 --out "$OUT_DIR"
-  step sweep 90 $PY benchmarks/bench_lm_head_stats.py --sweep --out "$OUT_DIR"
+  for group in $STEPS; do
+    case $group in
+      lm_head)
+        step benchmark 120 $PY benchmarks/bench_lm_head_stats.py --out "$OUT_DIR"
+        step tests 160 $PY -m pytest tests/test_lm_head_stats_triton.py -v -rs --durations=10 --junitxml="$OUT_DIR/pytest.xml"
+        step benchmark-topk50 45 $PY benchmarks/bench_lm_head_stats.py --topk 50 --shapes 4096x131072 \
+          --providers lark-triton torch-chunked --tag gpu_topk50 --out "$OUT_DIR"
+        step sweep 90 $PY benchmarks/bench_lm_head_stats.py --sweep --out "$OUT_DIR" ;;
+      loss)
+        step loss-tests 90 $PY -m pytest -q tests/test_train_loss.py -k cuda -p no:cacheprovider
+        step loss-bench 150 $PY benchmarks/bench_weighted_loss.py --device cuda --shape llama3-8b \
+          --tokens 8192,32768 --reps 5 && cp benchmarks/results/bench_weighted_loss_cuda.csv "$OUT_DIR/" ;;
+      scoring)
+        # the GPU machine has no CHAMP / SmolLM2 packages: benchmarks/gpu_assets.sh puts a pool and the
+        # tokenizer under .gpu_assets/ (carry it along)
+        step scoring-0.5b 120 $PY benchmarks/bench_scoring.py --device cuda --shape qwen2.5-0.5b \
+          --input .gpu_assets/pool.jsonl --tokenizer .gpu_assets/tokenizer \
+          --max-tokens-per-batch 32768 --output bench_scoring_gpu_0.5b.csv
+        step scoring-7b-32k 150 $PY benchmarks/bench_scoring.py --device cuda --shape qwen2.5-7b --synthetic 32768 \
+          --methods lark_fast,reference --max-tokens-per-batch 32768 --output bench_scoring_gpu_7b_32k.csv
+        cp benchmarks/results/bench_scoring_gpu_*.csv "$OUT_DIR/" 2>/dev/null ;;
+      *) echo "!! unknown step group $group"; failed+=("$group") ;;
+    esac
+  done
 else
-  echo "== no CUDA device: dry run on CPU (Triton interpreter, tiny benchmark)"
+  echo "== no CUDA device: dry run on CPU (Triton interpreter, tiny benchmarks)"
   export TRITON_INTERPRET=1
   step tests 300 $PY -m pytest tests/test_lm_head_stats_triton.py -q -rs --junitxml="$OUT_DIR/pytest.xml"
   step benchmark 300 $PY benchmarks/bench_lm_head_stats.py --cpu --n 16 --repeats 1 --tag gpu --out "$OUT_DIR"
+  step scoring 300 $PY benchmarks/bench_scoring.py --problems 1 --max-length 256 --output bench_scoring_dryrun.csv
 fi
 
 echo "== [$((SECONDS - start)) s] done; failed: ${failed[*]:-none}"

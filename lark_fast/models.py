@@ -106,8 +106,12 @@ def local_directory(spec) -> Path:
 
 
 def load_tokenizer(spec):
+    """The tokenizer of a model spec, or of a directory holding only tokenizer files."""
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(local_directory(spec), local_files_only=True)
+    path = Path(spec)
+    if not (path / "tokenizer_config.json").is_file():
+        path = local_directory(spec)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def load_student(spec, device: Optional[str] = "auto", dtype: Optional[str] = "auto"):

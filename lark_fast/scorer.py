@@ -95,12 +95,18 @@ def hidden_before_head(model, head: LMHead, input_ids, attention_mask=None, posi
     raise RuntimeError(f"{type(model).__name__} finished its forward without calling its output embeddings")
 
 
-def verify_lm_head(model, head: LMHead, input_ids: torch.Tensor) -> None:
-    """Compares the head's logits with the model's own on a short sequence; raises if they differ."""
+def verify_lm_head(model, head: LMHead, input_ids: torch.Tensor) -> torch.Tensor:
+    """Compares the head's logits with the model's own on a short sequence (one forward); raises if
+    they differ. Returns the head's input [1, T, d]."""
     ids = input_ids[:, :16]
-    hidden = hidden_before_head(model, head, ids)
+    captured = []
+    handle = head.module.register_forward_pre_hook(lambda _module, args: captured.append(args[0]))
+    try:
+        theirs = model(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        handle.remove()
+    hidden = captured[0]
     ours = head.logits(hidden)
-    theirs = model(input_ids=ids, use_cache=False).logits.float()
     if ours.shape != theirs.shape:
         raise RuntimeError(f"{type(model).__name__}: the model's logits have shape {tuple(theirs.shape)}, "
                            f"its output embeddings give {tuple(ours.shape)}; unsupported LM head")
@@ -110,6 +116,7 @@ def verify_lm_head(model, head: LMHead, input_ids: torch.Tensor) -> None:
         raise RuntimeError(f"{type(model).__name__}: logits from its output embeddings differ from the model's "
                            f"own by {err:.3g} (tolerance {tol:.3g}); the architecture transforms logits in a way "
                            "lark_fast does not know (scale/soft-cap), so its scores would be wrong")
+    return hidden
 
 
 @contextlib.contextmanager
@@ -131,9 +138,10 @@ def _is_oom(e: BaseException) -> bool:
 class Scorer:
     """Scores batches of tokenised records with one model; reusable across pools.
 
-    ``packing``: "auto" packs trajectories back to back into one row per forward with segment-wise
-    attention when a check on two short sequences shows the packed forward equals separate ones;
-    otherwise (or with "off") batches are right-padded. ``backend`` chooses the LM-head statistics'
+    At construction, a self-check on two short random sequences (three small forwards) verifies that
+    the LM head reproduces the model's own logits (``verify_head``) and, with ``packing="auto"``, that a
+    packed forward with segment-wise attention equals separate ones; otherwise (or with "off") batches
+    are right-padded. ``backend`` chooses the LM-head statistics'
     implementation (``ops.lm_head_stats``); None reads $LARK_FAST_BACKEND, default "auto".
     """
 
@@ -153,16 +161,23 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = self.head.weight.device
         self.vocab_size = self.head.weight.shape[0]
-        self._head_verified = not verify_head
-        self.packed = packing == "auto" and self._packing_works()
+        self.packed = self._self_check(verify_head, packing == "auto")
 
-    def _packing_works(self) -> bool:
+    def _self_check(self, verify_head: bool, packing: bool) -> bool:
+        """Verifies the head (raises) and tells whether packing reproduces separate forwards."""
         g = torch.Generator().manual_seed(0)
         seqs = [torch.randint(0, self.vocab_size, (n,), generator=g).tolist() for n in (9, 5)]
+        with torch.inference_mode(), _eval_mode(self.model):
+            first = torch.tensor([seqs[0]], device=self.device)
+            if verify_head:
+                alone = [verify_lm_head(self.model, self.head, first)[0]]
+            if not packing:
+                return False
+            if not verify_head:
+                alone = [hidden_before_head(self.model, self.head, first)[0]]
+            alone.append(hidden_before_head(self.model, self.head, torch.tensor([seqs[1]], device=self.device))[0])
         try:
             with torch.inference_mode(), _eval_mode(self.model):
-                alone = [hidden_before_head(self.model, self.head, torch.tensor([s], device=self.device))[0]
-                         for s in seqs]
                 ids, pos, cu = packed_row(seqs, self.device)
                 with attention.packed_attention(self.model), attention.segments(cu.tolist()):
                     packed = hidden_before_head(self.model, self.head, ids, position_ids=pos)[0]
@@ -182,9 +197,6 @@ class Scorer:
     def _hidden(self, items: list) -> tuple:
         """Head inputs at the scored positions [N, d], their targets [N] and cu_seqlens [S + 1]."""
         lengths = [len(t.input_ids) for t in items]
-        if not self._head_verified:
-            verify_lm_head(self.model, self.head, torch.tensor([items[0].input_ids], device=self.device))
-            self._head_verified = True
         if self.packed:
             ids, pos, cu = packed_row([t.input_ids for t in items], self.device)
             with attention.packed_attention(self.model), attention.segments(cu.tolist()):
