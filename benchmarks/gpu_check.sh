@@ -5,6 +5,9 @@
 #              liger-flce if its wheel is under .whl/) at N=8192 bf16 on SmolLM2 / Qwen2.5-1.5B /
 #              Llama-3.2-1B / 4096x131072 shapes, the compiled kernel tests, top-50 mode, config sweep
 #   loss       weighted SFT loss: compiled CUDA test, time/memory vs HF's loss at 8k and 32k tokens
+#   sketch     gradient sketches: the compiled backward / forward-sketch kernels against the torch paths
+#              and their timings at three head shapes (gpu_sketch_check.py), then bench_sketch.py on a
+#              Qwen2.5-0.5B-shaped model: forward, + activation backward, + sketches, LESS-style baseline
 #   scoring    whole pipeline vs the published approach on a Qwen2.5-0.5B-shaped model, and one
 #              32k-token trajectory on a Qwen2.5-7B-shaped model (152k vocabulary: the reference's fp32
 #              logits alone are 20 GB) — lark_fast vs reference: who runs out of memory
@@ -24,7 +27,7 @@ export PYTHONUNBUFFERED=1
 export LARK_GIT_SHA=${LARK_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 start=$SECONDS
 BUDGET=${BUDGET:-540}  # seconds for all steps together
-STEPS=${STEPS:-lm_head loss scoring}
+STEPS=${STEPS:-lm_head loss sketch scoring}
 failed=()
 step() {  # step NAME TIMEOUT_S CMD...: runs CMD within min(TIMEOUT_S, what is left of BUDGET), records failures
   local name=$1 limit=$2 left=$((BUDGET - (SECONDS - start)))
@@ -59,6 +62,11 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
         step loss-tests 90 $PY -m pytest -q tests/test_train_loss.py -k cuda -p no:cacheprovider
         step loss-bench 150 $PY benchmarks/bench_weighted_loss.py --device cuda --shape llama3-8b \
           --tokens 8192,32768 --reps 5 && cp benchmarks/results/bench_weighted_loss_cuda.csv "$OUT_DIR/" ;;
+      sketch)
+        step sketch-kernels 120 $PY benchmarks/gpu_sketch_check.py --out "$OUT_DIR"
+        step sketch-bench 150 $PY benchmarks/bench_sketch.py --device cuda --shape qwen2.5-0.5b \
+          --input .gpu_assets/pool.jsonl --tokenizer .gpu_assets/tokenizer --k 16 --no-kappa \
+          --max-tokens-per-batch 16384 --output bench_sketch_gpu && cp benchmarks/results/bench_sketch_gpu.csv "$OUT_DIR/" ;;
       scoring)
         # the GPU machine has no CHAMP / SmolLM2 packages: benchmarks/gpu_assets.sh puts a pool and the
         # tokenizer under .gpu_assets/ (carry it along)
@@ -76,6 +84,7 @@ else
   export TRITON_INTERPRET=1
   step tests 300 $PY -m pytest tests/test_lm_head_stats_triton.py -q -rs --junitxml="$OUT_DIR/pytest.xml"
   step benchmark 300 $PY benchmarks/bench_lm_head_stats.py --cpu --n 16 --repeats 1 --tag gpu --out "$OUT_DIR"
+  step sketch-kernels 300 $PY benchmarks/gpu_sketch_check.py --cpu --out "$OUT_DIR"
   step scoring 300 $PY benchmarks/bench_scoring.py --problems 1 --max-length 256 --output bench_scoring_dryrun.csv
 fi
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .chat import ChatTokenizer
-from .methods import FUSED, METHODS, random_scores, ranking_score
+from .methods import FUSED, METHODS, SKETCH, random_scores, ranking_score
 from .pool import PoolReader
 from .select import select
 from .solver import group_offsets
@@ -228,9 +228,9 @@ def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None,
     combined["ifd"] = tables["ifd"][0]["ifd"]
     combined["local_naturalness"] = tables["local_naturalness"][0]["local_naturalness"]
     combined["random"] = random_scores(fused["problem_id"], fused["candidate_id"])
-    scores = {name: ranking_score(combined, name) for name in METHODS}
+    names = [name for name, m in METHODS.items() if m.cost != SKETCH]  # bench_sketch.py measures those
+    scores = {name: ranking_score(combined, name) for name in names}
     pids = fused["problem_id"]
-    names = list(METHODS)
     corr = [[round(spearman_within_problems(pids, scores[a], scores[b]), 3) for b in names] for a in names]
     weights = {n: select(combined, B=B, by=n) for n in names}
     overlap = [[round(topb_overlap(pids, weights[a], weights[b]), 3) for b in names] for a in names]

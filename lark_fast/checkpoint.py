@@ -5,6 +5,11 @@ A run directory holds ``run.json`` (the settings the parts were made with) and p
 position among the pool's valid records) and a checksum of its content in the Parquet metadata. A
 part that cannot be read, or whose content does not match its checksum, is reported, deleted and
 its records are scored again; a finished part is never trusted blindly.
+
+With gradient sketches, each part has a sidecar ``part-r{rank}-{seq}.sketch.npy``: one float16 row
+per record, the record's sketch divided by its ``sketch_scale`` (max |entry|, kept in float64 in
+the part), written before the part, whose metadata holds the sidecar's checksum. Sketches are read
+back memory-mapped (``SketchRows``), a problem at a time.
 """
 from __future__ import annotations
 
@@ -24,8 +29,32 @@ COLUMNS = {  # name -> numpy dtype (object = string)
     "status": object, "reason": object, "n_tokens": np.int64, "nll": np.float64, "brier": np.float64,
     "entropy": np.float64, "rank_clipped": np.float64, "brier_topk": np.float64, "entropy_topk": np.float64,
     "ifd_nll": np.float64, "ifd_n": np.float64, "local_nll": np.float64, "local_n": np.float64,
+    "grad_norm_sq": np.float64, "grad_norm_sq_exact": np.float64, "sketch_scale": np.float64,
 }
 CHECKSUM_KEY = b"lark_fast.checksum"
+SKETCH_KEY = b"lark_fast.sketch_checksum"
+SKETCH_INDEX = ("sketch_part", "sketch_row")  # where load() found each row's sketch
+
+
+class SketchRows:
+    """Per-record sketches kept as float16 blocks (memory-mapped parts, or arrays in memory):
+    record i is ``blocks[part[i]][row[i]] * scale[i]``."""
+
+    def __init__(self, blocks: list, part, row, scale):
+        self.blocks = blocks
+        self.part, self.row = np.asarray(part, dtype=np.int64), np.asarray(row, dtype=np.int64)
+        self.scale = np.asarray(scale, dtype=np.float64)
+
+    def get(self, indices) -> np.ndarray:
+        """float64 [len(indices), dim]."""
+        return np.stack([self.blocks[self.part[i]][self.row[i]].astype(np.float64) * self.scale[i] for i in indices])
+
+
+def quantize(sketch: np.ndarray) -> tuple:
+    """(float16 rows of max |entry| 1, float64 scales) of a float32 [rows, dim] block."""
+    scale = np.abs(sketch).max(axis=1).astype(np.float64) if sketch.shape[1] else np.zeros(len(sketch))
+    unit = np.divide(sketch, scale[:, None], out=np.zeros_like(sketch), where=scale[:, None] > 0)
+    return unit.astype(np.float16), scale
 
 
 def empty_columns() -> dict:
@@ -33,9 +62,20 @@ def empty_columns() -> dict:
 
 
 def concat(chunks: list) -> dict:
+    """Columns of several parts; with ``SKETCH_INDEX`` (part i's rows numbered within it) when
+    every part has them."""
     if not chunks:
         return empty_columns()
-    return {k: np.concatenate([c[k] for c in chunks]).astype(t) for k, t in COLUMNS.items()}
+    out = {k: np.concatenate([c[k] for c in chunks]).astype(t) for k, t in COLUMNS.items()}
+    if all(SKETCH_INDEX[0] in c for c in chunks):
+        for k in SKETCH_INDEX:
+            out[k] = np.concatenate([c[k] for c in chunks]).astype(np.int64)
+    return out
+
+
+def with_sketch_index(cols: dict, part: int) -> dict:
+    n = len(cols["ordinal"])
+    return {**cols, SKETCH_INDEX[0]: np.full(n, part), SKETCH_INDEX[1]: np.arange(n)}
 
 
 def checksum(cols: dict) -> str:
@@ -57,7 +97,7 @@ class RunDirectory:
         self.problems: list = []  # messages about parts that were redone
         run = self.path / "run.json"
         if overwrite and rank == 0 and self.path.exists():
-            for p in self.path.glob("part-*.parquet"):
+            for p in [*self.path.glob("part-*.parquet"), *self.path.glob("part-*.sketch.npy")]:
                 p.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         if run.exists() and not overwrite:
@@ -74,13 +114,23 @@ class RunDirectory:
     def parts(self) -> list:
         return sorted(self.path.glob("part-r*-*.parquet"))
 
-    def write_part(self, cols: dict) -> Path:
+    @staticmethod
+    def sketch_path(part: Path) -> Path:
+        return part.with_name(part.name[: -len(".parquet")] + ".sketch.npy")
+
+    def write_part(self, cols: dict, sketch: Optional[np.ndarray] = None) -> Path:
+        """Writes one part; ``sketch`` (float16 [rows, dim], see ``quantize``) goes to its sidecar first."""
         import pyarrow as pa
         import pyarrow.parquet as pq
         table = pa.table({k: pa.array(np.asarray(cols[k]).tolist() if t is object else np.asarray(cols[k], dtype=t))
                           for k, t in COLUMNS.items()})
-        table = table.replace_schema_metadata({CHECKSUM_KEY: checksum(cols).encode()})
+        meta = {CHECKSUM_KEY: checksum(cols).encode()}
         path = self.path / f"part-r{self.rank:03d}-{self._seq:06d}.parquet"
+        if sketch is not None:
+            with atomic_write(self.sketch_path(path), "wb") as f:
+                np.save(f, np.ascontiguousarray(sketch, dtype=np.float16))
+            meta[SKETCH_KEY] = _file_digest(self.sketch_path(path)).encode()
+        table = table.replace_schema_metadata(meta)
         with atomic_write(path, "wb") as f:
             pq.write_table(table, f)
         self._seq += 1
@@ -92,22 +142,59 @@ class RunDirectory:
         try:
             table = pq.read_table(path)
             cols = {k: np.array(table.column(k).to_pylist(), dtype=t) for k, t in COLUMNS.items()}
-            want = (table.schema.metadata or {}).get(CHECKSUM_KEY, b"").decode()
-            if want != checksum(cols):
+            meta = table.schema.metadata or {}
+            if meta.get(CHECKSUM_KEY, b"").decode() != checksum(cols):
                 raise ValueError("checksum mismatch")
+            if self.fingerprint.get("sketch"):
+                if SKETCH_KEY not in meta or not self.sketch_path(path).exists():
+                    raise ValueError("its sketches are missing")
+                if meta[SKETCH_KEY].decode() != _file_digest(self.sketch_path(path)):
+                    raise ValueError("sketch checksum mismatch")
         except Exception as e:  # truncated file, bad footer, missing column, edited content
             msg = f"{path.name}: corrupt part ({type(e).__name__}: {e}); its records are scored again"
             self.problems.append(msg)
             warnings.warn(msg, stacklevel=2)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            for p in (path, self.sketch_path(path)):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
             return None
         return cols
 
     def load(self) -> dict:
-        """All valid parts' rows (every rank's), one row per ordinal."""
-        cols = concat([c for c in (self.read(p) for p in self.parts()) if c is not None])
+        """All valid parts' rows (every rank's), one row per ordinal; with sketches, also
+        ``SKETCH_INDEX`` into ``self.sketch_blocks`` (the parts' sidecars, memory-mapped)."""
+        parts = [(p, c) for p, c in ((p, self.read(p)) for p in self.parts()) if c is not None]
+        if self.fingerprint.get("sketch"):
+            self.sketch_blocks = [np.load(self.sketch_path(p), mmap_mode="r") for p, _ in parts]
+            parts = [(p, with_sketch_index(c, i)) for i, (p, c) in enumerate(parts)]
+        cols = concat([c for _, c in parts])
         _, first = np.unique(cols["ordinal"], return_index=True)
         return {k: v[np.sort(first)] for k, v in cols.items()}
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_sketches(path, rows: SketchRows, dim: int, meta: dict) -> Path:
+    """``path/sketches.npy`` (float16 [rows, dim], memory-mappable: row i is sketch i / scales[i]),
+    ``path/scales.npy`` (float64) and ``path/sketches.json`` (``meta``: layers, k, seed, layout)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(path / "sketches.npy", mode="w+", dtype=np.float16, shape=(len(rows.part), dim))
+    for i, (p, r) in enumerate(zip(rows.part, rows.row)):
+        out[i] = rows.blocks[p][r]
+    out.flush()
+    del out
+    np.save(path / "scales.npy", rows.scale)
+    offsets = np.cumsum([0] + [meta["k"] ** 2] * len(meta["layers"])).tolist()
+    layout = ("row i = scales[i] * sketches[i]; layer j's k x k block (P_out G P_in^T, row-major) is columns "
+              "layer_offsets[j]:layer_offsets[j + 1]")
+    write_json(path / "sketches.json", {**meta, "dim": dim, "layer_offsets": offsets, "layout": layout})
+    return path

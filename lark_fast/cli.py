@@ -81,7 +81,9 @@ def cmd_score(args) -> int:
                   max_tokens_per_batch=args.max_tokens_per_batch, topk=args.topk, on_error=args.on_error,
                   methods=[m for m in args.methods.split(",") if m], chat_template=template,
                   progress=not args.quiet, packing="off" if args.no_packing else "auto", backend=args.backend,
-                  run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard)
+                  run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard,
+                  sketch_dim=args.sketch_dim, sketch_layers=sketch_layers(args.sketch_layers),
+                  sketch_seed=args.sketch_seed, exact_grad_norm=args.exact_grad_norm, save_sketches=args.save_sketches)
     if shard.rank != 0:
         return 0
     if table.info["records_resumed"]:
@@ -107,6 +109,13 @@ def cmd_score(args) -> int:
         print(line)
     print("wrote " + ", ".join(written + [str(man)]))
     return 0
+
+
+def sketch_layers(value: str):
+    """--sketch-layers: "all" (None), "head", N (the last N blocks and the head) or a regex."""
+    if value == "all":
+        return None
+    return int(value) if value.isdigit() else value
 
 
 def lark_json(table) -> dict:
@@ -229,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LM-head statistics: auto (default; Triton on CUDA, torch on CPU), torch or triton "
                         "(also $LARK_FAST_BACKEND)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = s.add_argument_group("gradient sketches (SPEC §4)")
+    g.add_argument("--sketch-dim", type=int, default=None, metavar="K",
+                   help="add grad_norm_sq, rho_grad, kappa and g_hat_grad from K x K Kronecker sketches per layer of "
+                        "each trajectory's gradient (one activation-gradient backward per batch)")
+    g.add_argument("--sketch-layers", default="all", metavar="LAYERS",
+                   help="all (default: every linear layer and the LM head), head (LM head only, no backward), N "
+                        "(the last N blocks and the head) or a regular expression of module names")
+    g.add_argument("--sketch-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the random projections (default 0)")
+    g.add_argument("--exact-grad-norm", action="store_true",
+                   help="also compute grad_norm_sq_exact, the exact squared gradient norm (validation; slow)")
+    g.add_argument("--save-sketches", default=None, metavar="DIR",
+                   help="write the sketches to DIR (sketches.npy float16, scales.npy, sketches.json)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("select", help="weights per problem from a score table; writes train.jsonl")

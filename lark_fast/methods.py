@@ -2,7 +2,8 @@
 
 Single-pass methods come out of the one fused LM-head pass that computes LARK's statistics (plus the
 top-K logits for ``topk_entropy``); ``length`` and ``random`` need no model; ``ifd`` and
-``local_naturalness`` need forwards of their own. Every method is a column of the score table;
+``local_naturalness`` need forwards of their own; ``lark_grad`` and ``rho_grad`` need the gradient
+sketches (one activation-gradient backward, ``score(..., sketch_dim=k)``). Every method is a column of the score table;
 ``select(..., by=name)`` ranks by it in its own direction (lower-is-better scores are negated), so
 picking "the top B" never picks the worst RSR trajectories.
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from .chat import OK, Tokenized
 
-FUSED, FREE, EXTRA = "fused pass", "no model", "extra forwards"
+FUSED, FREE, EXTRA, SKETCH = "fused pass", "no model", "extra forwards", "gradient sketch"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ METHODS = {m.name: m for m in [
     Method("local_naturalness", "local_naturalness", +1, EXTRA, "about 1 + 4 per step",
            "minus the mean nll of the answer's tokens when each step (split on blank lines) sees only the prompt "
            "and its 4 previous steps"),
+    Method("lark_grad", "g_hat_grad", +1, SKETCH, "1 + backward",
+           "gradient-aware LARK score: d rho_G(q)/d q_k at the uniform mixture, from the Gram matrix of the "
+           "candidates' gradient sketches instead of orthogonal gradients (SPEC §4)"),
+    Method("rho_grad", "rho_grad", +1, SKETCH, "1 + backward",
+           "parameter-level learnability: sketched ||grad_theta L||^2 / L (the loss's decay rate under gradient flow)"),
 ]}
 STEP_CONTEXT = 4
 

@@ -23,13 +23,16 @@ import numpy as np
 import torch
 
 from . import attention, chat, ops
-from .checkpoint import COLUMNS, RunDirectory, concat
+from .checkpoint import COLUMNS, SKETCH_INDEX, RunDirectory, SketchRows, concat, quantize, with_sketch_index, \
+    write_sketches
 from .dist import Shard
-from .methods import EXTRA, METHODS, answer_only, is_ok, random_scores, step_windows
+from .kernels.lm_head_backward import output_grad_chunks
+from .methods import EXTRA, METHODS, SKETCH, answer_only, is_ok, random_scores, step_windows
 from .dist import barrier as dist_barrier
 from .packing import pack_ffd, packed_row
 from .pool import PoolReader
-from .scores import lark_energy, trajectory_scores
+from .scores import L_FLOOR, lark_energy, lark_energy_grad, trajectory_scores
+from .sketch import GradientSketcher, frozen
 from .table import ScoreTable
 
 
@@ -56,9 +59,11 @@ class LMHead:
         softcap = getattr(cfg, "final_logit_softcapping", None)  # Gemma 2/3: c tanh(z / c)
         return cls(module.weight, getattr(module, "bias", None), scale, float(softcap) if softcap else None, module)
 
-    def stats(self, hidden, targets, cu_seqlens=None, topk=0, backend="auto") -> ops.LMHeadStats:
+    def stats(self, hidden, targets, cu_seqlens=None, topk=0, backend="auto", sketch_dim=0,
+              sketch_key=0) -> ops.LMHeadStats:
         return ops.lm_head_stats(hidden, self.weight, targets, bias=self.bias, logit_scale=self.logit_scale,
-                                 softcap=self.softcap, cu_seqlens=cu_seqlens, topk=topk, backend=backend)
+                                 softcap=self.softcap, cu_seqlens=cu_seqlens, topk=topk, sketch_dim=sketch_dim,
+                                 sketch_key=sketch_key, backend=backend)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Materialised logits, fp32; only for checking a handful of positions."""
@@ -76,7 +81,8 @@ class _HeadInput(Exception):
 
 
 def hidden_before_head(model, head: LMHead, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-    """The LM head's input [B, T, d] for a batch, without computing any logits."""
+    """The LM head's input [B, T, d] for a batch, without computing any logits (with its autograd
+    graph when grad mode is on and something upstream requires grad)."""
     def stop(_module, args):
         raise _HeadInput(args[0])
 
@@ -143,11 +149,16 @@ class Scorer:
     packed forward with segment-wise attention equals separate ones; otherwise (or with "off") batches
     are right-padded. ``backend`` chooses the LM-head statistics'
     implementation (``ops.lm_head_stats``); None reads $LARK_FAST_BACKEND, default "auto".
+
+    ``sketch_dim=k`` adds per-trajectory gradient sketches (``lark_fast.sketch``) of the layers
+    ``sketch_layers`` (default: every nn.Linear / Conv1D and the LM head) with projections seeded by
+    ``sketch_seed``; ``exact_grad_norm`` also computes the exact squared gradient norms.
     """
 
     def __init__(self, model, tokenizer, *, max_length: Optional[int] = None, topk: int = 50,
                  chat_template: Optional[str] = None, verify_head: bool = True, packing: str = "auto",
-                 backend: Optional[str] = None):
+                 backend: Optional[str] = None, sketch_dim: Optional[int] = None, sketch_layers=None,
+                 sketch_seed: int = 0, exact_grad_norm: bool = False):
         if packing not in ("auto", "off"):
             raise ValueError(f"packing: expected 'auto' or 'off', got {packing!r}")
         self.backend = backend or os.environ.get("LARK_FAST_BACKEND", "auto")
@@ -162,6 +173,10 @@ class Scorer:
         self.device = self.head.weight.device
         self.vocab_size = self.head.weight.shape[0]
         self.packed = self._self_check(verify_head, packing == "auto")
+        if exact_grad_norm and sketch_dim is None:
+            raise ValueError("exact_grad_norm: validates the sketches, so it needs sketch_dim")
+        self.sketcher = None if sketch_dim is None else GradientSketcher(
+            model, self.head.module, sketch_dim, seed=sketch_seed, layers=sketch_layers, exact=exact_grad_norm)
 
     def _self_check(self, verify_head: bool, packing: bool) -> bool:
         """Verifies the head (raises) and tells whether packing reproduces separate forwards."""
@@ -194,52 +209,122 @@ class Scorer:
             return False
         return True
 
-    def _hidden(self, items: list) -> tuple:
-        """Head inputs at the scored positions [N, d], their targets [N] and cu_seqlens [S + 1]."""
+    def _layout(self, items: list) -> _Layout:
         lengths = [len(t.input_ids) for t in items]
         if self.packed:
             ids, pos, cu = packed_row([t.input_ids for t in items], self.device)
-            with attention.packed_attention(self.model), attention.segments(cu.tolist()):
-                hidden = hidden_before_head(self.model, self.head, ids, position_ids=pos)[0]
-            ids = ids[0]
-            starts = cu[:-1].tolist()
+            cu_full, mask, starts = cu.tolist(), None, cu[:-1].tolist()
         else:
-            ids = torch.full((len(items), max(lengths)), self.pad_id, dtype=torch.long)
+            width = max(lengths)
+            ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for i, t in enumerate(items):
                 ids[i, : lengths[i]] = torch.tensor(t.input_ids)
                 mask[i, : lengths[i]] = 1
-            hidden = hidden_before_head(self.model, self.head, ids.to(self.device), mask.to(self.device))
-            starts = [i * ids.shape[1] for i in range(len(items))]  # row i starts at i * T once flattened
-            hidden, ids = hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1).to(self.device)
+            ids, mask, pos = ids.to(self.device), mask.to(self.device), None
+            cu_full = [i * width for i in range(len(items) + 1)]  # row i starts at i * T once flattened
+            starts = cu_full[:-1]
         # token t of a record is predicted from position t - 1
-        pos = torch.cat([torch.arange(s + t.start - 1, s + n - 1) for s, t, n in zip(starts, items, lengths)])
-        pos = pos.to(self.device)
+        gather = torch.cat([torch.arange(s + t.start - 1, s + n - 1) for s, t, n in zip(starts, items, lengths)])
         counts = torch.tensor([0] + [n - t.start for t, n in zip(items, lengths)])
         cu_scored = counts.cumsum(0).to(device=self.device, dtype=torch.int32)
-        return hidden[pos], ids[pos + 1], cu_scored
+        return _Layout(ids, pos, mask, cu_full, gather.to(self.device), cu_scored)
+
+    def _hidden(self, lay: _Layout) -> tuple:
+        """Head inputs at the scored positions [N, d] and their targets [N]."""
+        if self.packed:
+            with attention.packed_attention(self.model), attention.segments(lay.cu_full):
+                hidden = hidden_before_head(self.model, self.head, lay.ids, position_ids=lay.position_ids)
+        else:
+            hidden = hidden_before_head(self.model, self.head, lay.ids, lay.mask)
+        hidden, ids = hidden.reshape(-1, hidden.shape[-1]), lay.ids.reshape(-1)
+        return hidden[lay.gather], ids[lay.gather + 1]
 
     def score_batch(self, items: list) -> dict:
         """Per-record float64 sums (``n_tokens, nll, brier, entropy, rank_clipped, brier_topk,
-        entropy_topk``; the last two NaN without top-K) for a list of ``Tokenized`` records with status ok."""
+        entropy_topk``; the last two NaN without top-K) for a list of ``Tokenized`` records with status
+        ok; with a sketcher also ``sketch`` [S, dim] fp32, ``grad_norm_sq`` and (exact mode)
+        ``grad_norm_sq_exact``."""
+        lay = self._layout(items)
+        if self.sketcher is not None:
+            return self._score_and_sketch(lay)
         with torch.inference_mode(), _eval_mode(self.model):
-            hidden, targets, cu = self._hidden(items)
-            seg = self.head.stats(hidden, targets, cu, self.topk, self.backend).segments
+            hidden, targets = self._hidden(lay)
+            seg = self.head.stats(hidden, targets, lay.cu_scored, self.topk, self.backend).segments
+        return self._sums(seg, len(items))
+
+    def _sums(self, seg, n: int) -> dict:
         out = {name: getattr(seg, name).cpu().numpy() for name in ("n_tokens", "nll", "brier", "entropy", "rank_clipped")}
         for name in ("brier_topk", "entropy_topk"):
             x = getattr(seg, name)
-            out[name] = x.cpu().numpy() if x is not None else np.full(len(items), np.nan)
+            out[name] = x.cpu().numpy() if x is not None else np.full(n, np.nan)
+        return out
+
+    def _score_and_sketch(self, lay: _Layout) -> dict:
+        """The statistics plus gradient sketches of each trajectory's mean nll (``lark_fast.sketch``):
+        one forward with the layers hooked and, unless only the head is sketched, one backward of
+        sum_k L_k with every parameter frozen."""
+        sk = self.sketcher
+        backward = sk.needs_backward
+        grad_mode = contextlib.ExitStack()
+        grad_mode.enter_context(frozen(self.model) if backward else torch.inference_mode())
+        if backward:
+            grad_mode.enter_context(torch.enable_grad())
+        with grad_mode, _eval_mode(self.model):
+            with sk.capture(lay.cu_full, self.device) as cap:
+                hidden, targets = self._hidden(lay)
+            counts = (lay.cu_scored[1:] - lay.cu_scored[:-1]).long()
+            weight = torch.repeat_interleave(1.0 / counts.clamp(min=1).float(), counts)  # d L_k / d nll_t
+            head = sk.head is not None
+            stats = self.head.stats(hidden, targets, lay.cu_scored, self.topk, self.backend,
+                                    sketch_dim=sk.k if head else 0, sketch_key=sk.head_key() if head else 0)
+            if backward:
+                (stats.nll * weight).sum().backward()
+            if head:
+                h = hidden.detach()
+                deltas = None
+                if sk.exact:
+                    deltas = (d for *_, d in output_grad_chunks(
+                        h, self.head.weight, targets, stats.lse, weight, bias=self.head.bias,
+                        logit_scale=self.head.logit_scale, softcap=self.head.softcap, token_block=max(1, len(h))))
+                cap.add_head(h, stats.sketch, weight, lay.cu_scored.tolist(), deltas)
+            cap.check()
+        out = self._sums(stats.segments, len(counts))
+        flat = cap.sketches.reshape(len(counts), -1)
+        out["grad_norm_sq"] = flat.double().square().sum(1).cpu().numpy()
+        out["sketch"] = flat.cpu().numpy()
+        if cap.exact is not None:
+            out["grad_norm_sq_exact"] = cap.exact.cpu().numpy()
         return out
 
 
+@dataclass
+class _Layout:
+    """One batch's token layout: ``ids`` [B, T], ``position_ids`` (packed) or ``mask`` (padded),
+    ``cu_full`` (python ints: every position, one segment per record), ``gather`` (the positions
+    that predict the scored tokens) and ``cu_scored`` (int32: scored tokens per record)."""
+
+    ids: torch.Tensor
+    position_ids: Optional[torch.Tensor]
+    mask: Optional[torch.Tensor]
+    cu_full: list
+    gather: torch.Tensor
+    cu_scored: torch.Tensor
+
+
 class _Results:
-    """Per-record rows of one process, flushed to the run directory in parts (or kept in memory)."""
+    """Per-record rows of one process, flushed to the run directory in parts (or kept in memory);
+    with ``sketch_dim``, each row's sketch too (float16, see ``checkpoint.quantize``)."""
 
     SUMS = ("nll", "brier", "entropy", "rank_clipped", "brier_topk", "entropy_topk", "ifd_nll", "ifd_n", "local_nll",
-            "local_n")
+            "local_n", "grad_norm_sq", "grad_norm_sq_exact", "sketch_scale")
 
-    def __init__(self, run_dir: Optional[RunDirectory], every_records: int, every_seconds: float):
+    def __init__(self, run_dir: Optional[RunDirectory], every_records: int, every_seconds: float,
+                 sketch_dim: Optional[int] = None):
         self.run_dir = run_dir
+        self.sketch_dim = sketch_dim
+        self.sketches: list = []
+        self.blocks: list = []  # in memory: each flushed chunk's float16 sketches
         self.every_records = every_records
         self.every_seconds = every_seconds
         self.rows: list = []
@@ -248,7 +333,12 @@ class _Results:
 
     def add(self, ordinal: int, rec, tok, sums: Optional[dict] = None, status: Optional[str] = None,
             reason: Optional[str] = None) -> None:
-        s = sums or {}
+        s = dict(sums or {})
+        if self.sketch_dim is not None:
+            sketch = s.pop("sketch", None)
+            unit, scale = quantize(np.zeros((1, self.sketch_dim), np.float32) if sketch is None else sketch[None])
+            self.sketches.append(unit[0])
+            s["sketch_scale"] = scale[0]
         self.rows.append((ordinal, rec.problem_id, rec.candidate_id, rec.teacher, tok.truncated,
                           status or tok.status, reason if reason is not None else tok.reason,
                           int(s.get("n_tokens", 0)), *(float(s.get(k, np.nan)) for k in self.SUMS)))
@@ -258,11 +348,15 @@ class _Results:
     def flush(self) -> None:
         if self.rows:
             cols = {k: np.array(v, dtype=t) for (k, t), v in zip(COLUMNS.items(), zip(*self.rows))}
+            block = np.stack(self.sketches) if self.sketch_dim is not None else None
             if self.run_dir is not None:
-                self.run_dir.write_part(cols)
+                self.run_dir.write_part(cols, block)
+            elif block is not None:
+                self.chunks.append(with_sketch_index(cols, len(self.blocks)))
+                self.blocks.append(block)
             else:
                 self.chunks.append(cols)
-            self.rows = []
+            self.rows, self.sketches = [], []
         self.last_flush = time.monotonic()
 
 
@@ -302,7 +396,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
           methods: Iterable[str] = (), random_seed: int = 0, on_error: str = "skip",
           chat_template: Optional[str] = None, progress: bool = True, verify_head: bool = True,
           packing: str = "auto", backend: Optional[str] = None, run_dir=None, overwrite: bool = False,
-          checkpoint_every: int = 2000, shard: Optional[Shard] = None) -> ScoreTable:
+          checkpoint_every: int = 2000, shard: Optional[Shard] = None, sketch_dim: Optional[int] = None,
+          sketch_layers=None, sketch_seed: int = 0, exact_grad_norm: bool = False, save_sketches=None) -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (SPEC §3).
 
     ``records``: a ``.jsonl``/``.parquet`` path or an iterable of dicts (SPEC §7). Returns one row
@@ -314,11 +409,23 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     ``max_length`` (default: the model's context) truncates, flagged.
 
     Trajectories are packed into forwards of at most ``max_tokens_per_batch`` tokens (a longer one
-    goes alone) and ``batch_size`` trajectories. ``backend`` picks the LM-head statistics' implementation
-    ("auto": the Triton kernel on CUDA, the chunked torch path on CPU; None reads $LARK_FAST_BACKEND). With ``run_dir``, results are flushed there in parts
+    goes alone) and ``batch_size`` trajectories. ``backend`` picks the LM-head statistics'
+    implementation ("auto": the Triton kernel on CUDA, the chunked torch path on CPU; None reads
+    $LARK_FAST_BACKEND). With ``run_dir``, results are flushed there in parts
     every ``checkpoint_every`` records (and every 2 minutes); a later call with the same settings
     resumes, scoring only what is missing. ``shard`` (torchrun) splits the pool across processes,
     which then need a shared ``run_dir``; every process returns the merged table.
+
+    Gradient sketches (SPEC §4, ``lark_fast.sketch``): ``sketch_dim=k`` adds one activation-gradient
+    backward per batch (none when ``sketch_layers="head"``) and the columns ``grad_norm_sq`` (sketch
+    estimate of ||grad_theta L_k||^2 over the sketched layers, L_k the trajectory's mean nll),
+    ``rho_grad`` = grad_norm_sq / L, ``kappa`` = grad_norm_sq / brier and ``g_hat_grad`` (the
+    gradient-aware LARK score, from each problem's Gram matrix of sketches); ``exact_grad_norm``
+    adds ``grad_norm_sq_exact`` (validation; slow, memory-hungry). ``sketch_layers``: None = every
+    nn.Linear / Conv1D and the LM head, "head", an int (the last n blocks and the head) or a regex
+    of module names; ``sketch_seed`` seeds the projections. ``save_sketches=DIR`` writes
+    ``sketches.npy`` (float16 [rows, dim], table order, each row scaled to max |entry| 1),
+    ``scales.npy`` (the scales) and ``sketches.json`` (layers and layout).
     """
     shard = shard or Shard()
     wanted = tuple(sorted(set(methods)))
@@ -326,25 +433,33 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     if unknown:
         raise ValueError(f"methods: unknown {', '.join(unknown)}; known: {', '.join(METHODS)}")
     extra = tuple(m for m in wanted if METHODS[m].cost == EXTRA)
+    needs_sketch = [m for m in wanted if METHODS[m].cost == SKETCH]
+    if needs_sketch and sketch_dim is None:
+        raise ValueError(f"methods: {', '.join(needs_sketch)} need gradient sketches; pass sketch_dim (--sketch-dim)")
+    if save_sketches is not None and sketch_dim is None:
+        raise ValueError("save_sketches: needs sketch_dim")
     if max_tokens_per_batch < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError("max_tokens_per_batch and batch_size must be >= 1")
     if shard.world > 1 and run_dir is None:
         raise ValueError("run_dir: required when scoring with several processes")
     scorer = Scorer(model, tokenizer, max_length=max_length, topk=topk, chat_template=chat_template,
-                    verify_head=verify_head, packing=packing, backend=backend)
+                    verify_head=verify_head, packing=packing, backend=backend, sketch_dim=sketch_dim,
+                    sketch_layers=sketch_layers, sketch_seed=sketch_seed, exact_grad_norm=exact_grad_norm)
+    sketcher = scorer.sketcher
     reader = PoolReader(records, on_error=on_error)
     store = None
     if run_dir is not None:
         fingerprint = {"pool": _describe_source(reader), "model": _describe_model(model), "topk": topk,
                        "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
-                       "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__}
+                       "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__,
+                       "sketch": sketcher.describe() if sketcher is not None else None}
         if shard.rank == 0:
             store = RunDirectory(run_dir, fingerprint, 0, overwrite)
         dist_barrier(shard)
         if shard.rank != 0:
             store = RunDirectory(run_dir, fingerprint, shard.rank, overwrite=False)
     done = set(store.load()["ordinal"].tolist()) if store is not None else set()
-    results = _Results(store, checkpoint_every, 120.0)
+    results = _Results(store, checkpoint_every, 120.0, sketcher.dim if sketcher is not None else None)
     if not scorer.packed and batch_size is None:
         batch_size = 8
 
@@ -443,6 +558,11 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     dist_barrier(shard)  # every rank has read them (rank 0 may delete them next)
     order = np.argsort(cols["ordinal"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
+    sketches = None
+    if sketcher is not None:
+        blocks = store.sketch_blocks if store is not None else results.blocks
+        index = [cols.get(k, np.zeros(0, np.int64)) for k in SKETCH_INDEX]
+        sketches = SketchRows(blocks, *index, cols["sketch_scale"])
     missing = sorted(set(range(reader.n_valid)) - set(cols["ordinal"].tolist()))
     if missing:
         raise RuntimeError(f"{len(missing)} records have no result (first ordinals {missing[:5]}); "
@@ -452,13 +572,19 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
             "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
             "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
             "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
-            "corrupt_parts_redone": store.problems if store is not None else []}
-    return build_table(cols, topk, reader.issues, info, wanted, random_seed)
+            "corrupt_parts_redone": store.problems if store is not None else [],
+            "sketch": sketcher.describe() if sketcher is not None else None}
+    table = build_table(cols, topk, reader.issues, info, wanted, random_seed, sketches, exact_grad_norm)
+    if save_sketches is not None and shard.rank == 0:
+        write_sketches(save_sketches, sketches, sketcher.dim, {**sketcher.describe(), "rows": len(table)})
+    return table
 
 
-def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple = (), random_seed: int = 0) -> ScoreTable:
+def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple = (), random_seed: int = 0,
+                sketches: Optional[SketchRows] = None, exact_grad_norm: bool = False) -> ScoreTable:
     """The score table from per-record sums (SPEC §3): per-trajectory means, then g_hat per problem,
-    then the columns of the requested extra methods."""
+    then the columns of the requested extra methods, then (with ``sketches``) the gradient columns
+    of SPEC §4."""
     per = trajectory_scores(cols["n_tokens"], cols["nll"], cols["brier"], cols["entropy"], cols["rank_clipped"],
                             cols["brier_topk"] if topk else None)
     status = cols["status"].copy()
@@ -490,9 +616,33 @@ def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple =
         if "local_naturalness" in wanted:
             columns["local_naturalness"] = np.where(ok & (cols["local_n"] > 0), -cols["local_nll"] / cols["local_n"],
                                                     np.nan)
+        if sketches is not None:
+            columns.update(_gradient_columns(cols, per, ok, sketches, exact_grad_norm))
     columns["reason"] = reason
     info = {**info, "scored_tokens": int(columns["n_tokens"].sum())}
     return ScoreTable(columns, issues=issues, info=info)
+
+
+def _gradient_columns(cols: dict, per: dict, ok: np.ndarray, sketches: SketchRows, exact: bool) -> dict:
+    """grad_norm_sq, rho_grad, kappa, g_hat_grad (+ grad_norm_sq_exact). The Gram matrix of a problem
+    takes its off-diagonal entries from the stored float16 sketches and its diagonal from
+    grad_norm_sq (summed in float64 before rounding)."""
+    g = np.where(ok, cols["grad_norm_sq"], np.nan)
+    L = per["L"]
+
+    def gram_of(idx):
+        s = sketches.get(idx)
+        gram = s @ s.T
+        np.fill_diagonal(gram, g[idx])
+        return gram
+
+    out = {"grad_norm_sq": g,
+           "rho_grad": np.where(L > L_FLOOR, g / L, np.where(np.isnan(L), np.nan, 0.0)),
+           "kappa": g / per["brier"],
+           "g_hat_grad": lark_energy_grad(cols["problem_id"], L, ok & np.isfinite(g), gram_of)}
+    if exact:
+        out["grad_norm_sq_exact"] = np.where(ok, cols["grad_norm_sq_exact"], np.nan)
+    return out
 
 
 def _describe_source(reader) -> dict:

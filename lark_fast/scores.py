@@ -9,6 +9,12 @@ Per trajectory k (means over its scored tokens), with directions:
 Per problem, over its valid candidates, the LARK score ("energy", higher is better):
     g_hat_k  = (L_k / sum L) (2 rho_k - sum brier / sum L) = (2 brier_k sum L - sum brier L_k) / (sum L)^2
 which is d rho(q) / d q_k at q = 1/K for rho(q) = sum q_k^2 brier_k / sum q_k L_k.
+
+Gradient-aware (SPEC §4), from the Gram matrix G_jk ~ <grad L_j, grad L_k> of a problem's candidates
+(gradient sketches of each trajectory's mean nll; G = diag(brier) gives g_hat back):
+    g_hat_grad_k = (2 (G 1)_k sum L - (1' G 1) L_k) / (sum L)^2   = d rho_G(q) / d q_k at q = 1/K,
+    rho_G(q) = q' G q / q' L                                      higher is better
+    rho_grad_k = ||grad L_k||^2 / L_k (the loss's decay rate under gradient flow), kappa_k = ||grad L_k||^2 / brier_k.
 """
 from __future__ import annotations
 
@@ -58,4 +64,36 @@ def lark_energy(problem_ids, L, brier, valid) -> np.ndarray:
             continue
         sum_L, sum_b = L[idx].sum(), brier[idx].sum()
         g[idx] = 0.0 if sum_L <= L_FLOOR else (2 * brier[idx] * sum_L - sum_b * L[idx]) / (sum_L * sum_L)
+    return g
+
+
+def mixture_learnability_grad(q, L, gram) -> float:
+    """rho_G(q) = q' G q / q' L (per-trajectory gradients with Gram matrix G)."""
+    q, L, gram = (np.asarray(x, dtype=np.float64) for x in (q, L, gram))
+    return float(q @ gram @ q / (q @ L))
+
+
+def gradient_energy(L, gram) -> np.ndarray:
+    """g_hat_grad of one problem's candidates from their L and Gram matrix; 0 when sum L <= 1e-30."""
+    L = np.asarray(L, dtype=np.float64)
+    gram = np.asarray(gram, dtype=np.float64)
+    sum_L = L.sum()
+    if sum_L <= L_FLOOR:
+        return np.zeros(len(L))
+    return (2 * gram.sum(1) * sum_L - gram.sum() * L) / (sum_L * sum_L)
+
+
+def lark_energy_grad(problem_ids, L, valid, gram_of) -> np.ndarray:
+    """g_hat_grad per trajectory, per problem over its valid candidates; NaN for invalid ones.
+    ``gram_of(indices)`` returns the Gram matrix of those trajectories' gradients."""
+    from .solver import group_offsets
+
+    L = np.asarray(L, dtype=np.float64)
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(L)
+    g = np.full(len(L), np.nan)
+    order, offsets = group_offsets(problem_ids)
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        idx = order[a:b][valid[order[a:b]]]
+        if idx.size:
+            g[idx] = gradient_energy(L[idx], gram_of(idx))
     return g

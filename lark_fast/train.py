@@ -22,7 +22,6 @@ of "problems" fixes N_step to that constant.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time

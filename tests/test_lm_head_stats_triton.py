@@ -278,15 +278,26 @@ def test_unavailable_triton_backend_is_an_error(monkeypatch):
 
 AHEAD = f"""
 import torch
-from lark_fast.kernels.lm_head_stats.fused import Config, compile_ahead
+from lark_fast.kernels.compile_ahead import compile_ahead
+from lark_fast.kernels.lm_head_backward import fused as backward
+from lark_fast.kernels.lm_head_stats import fused
+from lark_fast.kernels.lm_head_stats.fused import Config
 cases = [(torch.bfloat16, torch.bfloat16, dict()), (torch.bfloat16, torch.bfloat16, dict(topk=50, softcap=30.0)),
          (torch.float16, torch.float16, dict(bias=torch.zeros(1000), logit_scale=0.5)),
-         (torch.float32, torch.float32, dict(topk=5)), (torch.float32, torch.bfloat16, dict(config={SPLIT6!r}))]
+         (torch.float32, torch.float32, dict(topk=5)), (torch.float32, torch.bfloat16, dict(config={SPLIT6!r})),
+         (torch.bfloat16, torch.bfloat16, dict(sketch_dim=16, sketch_key=3)),
+         (torch.bfloat16, torch.bfloat16, dict(sketch_dim=64, sketch_key=3, softcap=30.0, topk=50))]
 for dh, dw, kw in cases:
-    for k in compile_ahead(torch.zeros(8, 576, dtype=dh), torch.zeros(1000, 576, dtype=dw),
-                           torch.zeros(8, dtype=torch.long), arch=90, **kw):
-        assert k.asm["cubin"], k.name
-        print("compiled", k.name, k.metadata.shared)
+    h, w, y = torch.zeros(8, 576, dtype=dh), torch.zeros(1000, 576, dtype=dw), torch.zeros(8, dtype=torch.long)
+    head = {{k: v for k, v in kw.items() if k in ("bias", "logit_scale", "softcap")}}
+    launches = [(fused, lambda: fused.lm_head_stats_triton(h, w, y, **kw))]
+    if "sketch_dim" not in kw:  # the activation backward, for the same head and dtypes
+        launches.append((backward, lambda: backward.lm_head_backward_triton(h, w, y, torch.zeros(8), torch.ones(8),
+                                                                          **head)))
+    for module, launch in launches:
+        for k in compile_ahead(module, launch, arch=90):
+            assert k.asm["cubin"], k.name
+            print("compiled", k.name, k.metadata.shared)
 """
 
 
@@ -300,7 +311,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     env = dict(os.environ, TRITON_INTERPRET="0")
     out = subprocess.run([sys.executable, "-c", AHEAD], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("compiled _partial_kernel") == 5 and out.stdout.count("compiled _merge_kernel") == 5
+    assert out.stdout.count("compiled _partial_kernel") == 7 and out.stdout.count("compiled _merge_kernel") == 7
+    assert out.stdout.count("compiled _backward_kernel") == 5
 
 
 def test_strided_hidden_int32_targets_and_empty_batch():

@@ -93,5 +93,5 @@ def test_selection_respects_each_direction():
 
 def test_registry_is_complete():
     assert set(METHODS) == {"lark", "rho", "global_naturalness", "rsr", "entropy", "topk_entropy", "length", "random",
-                            "ifd", "local_naturalness"}
+                            "ifd", "local_naturalness", "lark_grad", "rho_grad"}
     assert METHODS["rsr"].direction == -1 and METHODS["lark"].direction == 1

@@ -1,6 +1,5 @@
 """Hypothesis properties of the solvers (non-negativity, group sums, KKT, permutation invariance) and
 bitwise determinism across runs and OpenMP thread counts."""
-import hashlib
 import os
 import subprocess
 import sys

@@ -133,6 +133,7 @@ def test_triton_chunks_and_splits():
     ref, (rh, rW, rb) = grads(lambda h, W, b: reference(h, W, y, w.double(), 3.0, b), h.double(), W.double(),
                               b.double())
     assert abs(l1.item() - ref.item()) <= 1e-5 * abs(ref.item())
+    assert abs(l2.item() - ref.item()) <= 1e-5 * abs(ref.item())
     for a, bb, r in zip(g1, g2, (rh[keep], rW, rb)):
         assert_close(a, r, 1e-5, "chunked")
         assert_close(bb, r, 1e-5, "one chunk")

@@ -40,6 +40,7 @@ class LMHeadStats:
     rank: torch.Tensor
     brier_topk: Optional[torch.Tensor] = None    # with topk: the published top-K renormalised Brier
     entropy_topk: Optional[torch.Tensor] = None  # with topk: entropy of the top-K renormalised softmax
+    sketch: Optional[torch.Tensor] = None        # with sketch_dim: [N, k] fp32, P (f ⊙ (p - e_y)) (SPEC §4)
     segments: Optional[SegmentSums] = None
 
 

@@ -25,6 +25,13 @@ with d_y = z_y - m, e_y = e^{d_y}, s = e_y + r:
                             entropy_topk = -sum_topK p~ log p~
 No atomics anywhere; every reduction has a fixed order. The target's column is overwritten with the
 prologue's z_y, so lse, nll and the rank use one and the same value of z_y.
+
+Sketch (SPEC §4, ``sketch_dim=k``): each tile also folds u = sum_{v != y} e^{z_v - m} f'_v P[:, v]
+into a [BLOCK_N, KS] accumulator by one more tl.dot, with the tile of Pᵀ generated in registers
+from the counter-based hash (``rademacher_tile``; f'_v = 1 - (z_v / c)^2 with soft-cap c, else 1),
+rescaled by a like r. The merge folds the splits' u the same way and writes
+  sketch = logit_scale (u / s + expm1(-nll) f'_y P[:, y]) / sqrt(k) = P_out (f ⊙ (p - e_y)).
+KS is k rounded up to a power of two >= 16 (tl.dot's smallest width); the extra rows are dropped.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..sketch.projection import rademacher_tile
 from .common import MAX_TOPK, RANK_TIE, LMHeadStats
 
 # TRITON_INTERPRET is read by triton.jit when this module is imported; the dispatch uses the same.
@@ -59,15 +67,18 @@ class Config:
     merge_block: int = 32
 
 
-def default_config(hidden: torch.Tensor, weight: torch.Tensor) -> Config:
+def default_config(hidden: torch.Tensor, weight: torch.Tensor, sketch_dim: int = 0) -> Config:
     if INTERPRET:  # numpy runs whole blocks: tiles up to 2^20 elements, one split, blocks sized by d and V
         d, v = hidden.shape[1], weight.shape[0]
         return Config(block_n=256, block_v=min(4096, max(64, triton.next_power_of_2(v))),
                       block_d=min(128, max(16, triton.next_power_of_2(d))), num_warps=1, num_stages=1,
                       vocab_per_split=1 << 30, merge_block=256)
+    # a sketch wider than 16 adds a [block_n, k] accumulator and a [block_v, k] projection tile: block_v = 64
+    # keeps k <= 128 free of spills on sm_90 (ptxas -v)
+    block_v = 64 if sketch_dim > 16 else 128
     if hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
-        return Config(block_n=128, block_v=128, block_d=64)
-    return Config(block_n=64, block_v=128, block_d=32)  # fp32 operands: no spills on sm_90
+        return Config(block_n=128, block_v=block_v, block_d=64)
+    return Config(block_n=64, block_v=block_v, block_d=32)  # fp32 operands: no spills on sm_90
 
 
 @triton.jit
@@ -132,10 +143,10 @@ def _insert_topk(top, cand):
 
 # N, V and topk only bound loops and masks: not specialising on them saves recompiles per batch size.
 @triton.jit(do_not_specialize=["N", "V", "n_splits", "topk"])
-def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top,
+def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
                     N, V, D, stride_h, stride_w, logit_scale, softcap, vocab_per_split, n_splits, rank_tie, topk,
-                    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
-                    PRECISION: tl.constexpr, KPAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                    sketch_key, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
+                    PRECISION: tl.constexpr, KPAD: tl.constexpr, KS: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
     # Grouped order: consecutive programs share GROUP_N token blocks and walk all splits, so the
     # hidden blocks and the weight tiles they stream stay in L2.
@@ -181,6 +192,9 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top,
     if KPAD > 0:
         slot = tl.arange(0, KPAD)[None, :]
         top = tl.where(slot < topk, float("-inf"), float("inf")) + tl.zeros([BLOCK_N, KPAD], tl.float32)
+    if KS > 0:
+        sk_rows = tl.arange(0, KS)
+        u = tl.zeros([BLOCK_N, KS], dtype=tl.float32)
 
     # One flat loop over (vocabulary tile, d chunk) pairs, so that the software pipeline keeps loading the
     # next tile while a finished tile's statistics are folded in.
@@ -219,6 +233,11 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top,
             r1 = a * (r1 + (m - m_new) * r) + tl.sum(e * zc, axis=1)
             r = a * r + tl.sum(e, axis=1)
             r2 = a * a * r2 + tl.sum(e * e, axis=1)
+            if KS > 0:
+                if HAS_SOFTCAP:
+                    zs = tl.where(col_ok[None, :], z / softcap, 0.0)
+                    e = e * (1.0 - zs * zs)
+                u = u * a[:, None] + tl.dot(e, rademacher_tile(sketch_key, sk_rows, cols))
             m = m_new
             if KPAD > 0:
                 top = _insert_topk(top, z)
@@ -234,12 +253,15 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top,
     if KPAD > 0:
         kk = tl.arange(0, KPAD)
         tl.store(Top + (pid_s * N + rows)[:, None] * KPAD + kk[None, :], top, mask=row_ok[:, None])
+    if KS > 0:
+        tl.store(Sk + (pid_s * N + rows)[:, None] * KS + sk_rows[None, :], u, mask=row_ok[:, None])
 
 
 @triton.jit(do_not_specialize=["N", "n_splits", "topk"])
-def _merge_kernel(Part, Gt, Zy, Top, Y, Lse, Nll, Brier, Entropy, Rank, BrierTopk, EntropyTopk,
-                  N, n_splits, log_v, ignore_index, topk,
-                  KPAD: tl.constexpr, S_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+def _merge_kernel(Part, Gt, Zy, Top, Sk, Y, Lse, Nll, Brier, Entropy, Rank, BrierTopk, EntropyTopk, Sketch,
+                  N, n_splits, log_v, ignore_index, topk, sketch_scale, softcap, sketch_key, sketch_dim,
+                  HAS_SOFTCAP: tl.constexpr, KPAD: tl.constexpr, KS: tl.constexpr, S_PAD: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     sp = tl.arange(0, S_PAD).to(tl.int64)
@@ -278,6 +300,23 @@ def _merge_kernel(Part, Gt, Zy, Top, Y, Lse, Nll, Brier, Entropy, Rank, BrierTop
     tl.store(Entropy + rows, tl.where(keep, entropy, 0.0), mask=row_ok)
     tl.store(Rank + rows, tl.where(keep, rank, 0), mask=row_ok)
 
+    if KS > 0:
+        sk_rows = tl.arange(0, KS)
+        u = tl.zeros([BLOCK_N, KS], dtype=tl.float32)
+        for c in range(0, n_splits):
+            a_c = tl.exp(tl.load(Part + c * 4 * N + rows, mask=row_ok, other=0.0) - m)
+            u += a_c[:, None] * tl.load(Sk + (c * N + rows)[:, None] * KS + sk_rows[None, :], mask=row_ok[:, None],
+                                        other=0.0)
+        f_y = 1.0
+        if HAS_SOFTCAP:
+            zs = zy / softcap
+            f_y = 1.0 - zs * zs
+        y_col = tl.load(Y + rows, mask=row_ok, other=0)
+        p_y = rademacher_tile(sketch_key, sk_rows, tl.where(keep, y_col, 0))  # [BLOCK_N, KS]: P[:, y]
+        sk = (u / s[:, None] + (q * f_y)[:, None] * p_y) * sketch_scale  # logit_scale / sqrt(k)
+        tl.store(Sketch + rows[:, None] * sketch_dim + sk_rows[None, :], tl.where(keep[:, None], sk, 0.0),
+                 mask=row_ok[:, None] & (sk_rows < sketch_dim)[None, :])
+
     if KPAD > 0:
         # split 0's top is already a valid running top-K; the other splits' values are inserted into it
         kk = tl.arange(0, KPAD)[None, :]
@@ -303,7 +342,7 @@ _PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
 def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                          bias: Optional[torch.Tensor] = None, logit_scale: float = 1.0,
                          softcap: Optional[float] = None, topk: int = 0, ignore_index: int = -100,
-                         config: Optional[Config] = None) -> LMHeadStats:
+                         sketch_dim: int = 0, sketch_key: int = 0, config: Optional[Config] = None) -> LMHeadStats:
     """Launches the fused statistics. Inputs as ``lark_fast.ops.lm_head_stats`` (which validates
     values; this checks shapes and layout). fp32 operands follow
     ``torch.get_float32_matmul_precision()`` (``highest`` = IEEE fp32 products)."""
@@ -312,7 +351,7 @@ def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     assert weight.shape == (v, d) and targets.shape == (n,), "shapes: hidden [N, d], weight [V, d], targets [N]"
     assert bias is None or bias.shape == (v,), "bias: expected [V]"
     assert 0 <= topk <= MAX_TOPK, f"topk: at most {MAX_TOPK}"
-    cfg = config or default_config(hidden, weight)
+    cfg = config or default_config(hidden, weight, sketch_dim)
     kpad = MAX_TOPK if topk else 0  # one top-K width for every K: one compiled variant
     assert cfg.vocab_per_split % cfg.block_v == 0, "config: vocab_per_split must be a multiple of block_v"
     hidden = hidden if hidden.stride(1) == 1 else hidden.contiguous()
@@ -329,8 +368,11 @@ def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     rank = torch.empty(n, dtype=torch.int32, device=dev)
     brier_topk, entropy_topk = ((torch.empty(n, dtype=torch.float32, device=dev) for _ in range(2)) if topk
                                 else (None, None))
+    ks = max(16, triton.next_power_of_2(sketch_dim)) if sketch_dim else 0
+    sk_part = torch.empty(n_splits, n, ks, dtype=torch.float32, device=dev) if sketch_dim else part
+    sketch = torch.empty(n, sketch_dim, dtype=torch.float32, device=dev) if sketch_dim else None
     result = LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk,
-                         entropy_topk=entropy_topk)
+                         entropy_topk=entropy_topk, sketch=sketch)
     if n == 0:
         return result
 
@@ -338,59 +380,18 @@ def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     precision = _PRECISION[torch.get_float32_matmul_precision()] if dot_fp32 else None
     n_blocks = triton.cdiv(n, cfg.block_n)
     _partial_kernel[(n_blocks * n_splits,)](
-        hidden, weight, bias if bias is not None else zy, targets, part, gt, zy, top,
+        hidden, weight, bias if bias is not None else zy, targets, part, gt, zy, top, sk_part,
         n, v, d, hidden.stride(0), weight.stride(0), float(logit_scale),
-        float(softcap) if softcap is not None else 1.0, cfg.vocab_per_split, n_splits, RANK_TIE, topk,
+        float(softcap) if softcap is not None else 1.0, cfg.vocab_per_split, n_splits, RANK_TIE, topk, sketch_key,
         HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, DOT_FP32=dot_fp32,
-        PRECISION=precision, KPAD=kpad, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v,
+        PRECISION=precision, KPAD=kpad, KS=ks, BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v,
         BLOCK_D=cfg.block_d, GROUP_N=cfg.group_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _merge_kernel[(triton.cdiv(n, cfg.merge_block),)](
-        part, gt, zy, top, targets, lse, nll, brier, entropy, rank,
-        brier_topk if topk else lse, entropy_topk if topk else lse, n, n_splits, math.log(v), ignore_index, topk,
-        KPAD=kpad, S_PAD=triton.next_power_of_2(n_splits), BLOCK_N=cfg.merge_block,
-        num_warps=4, num_stages=1)
+        part, gt, zy, top, sk_part, targets, lse, nll, brier, entropy, rank,
+        brier_topk if topk else lse, entropy_topk if topk else lse, sketch if sketch_dim else lse,
+        n, n_splits, math.log(v), ignore_index, topk,
+        float(logit_scale) / max(sketch_dim, 1) ** 0.5, float(softcap) if softcap is not None else 1.0, sketch_key,
+        max(sketch_dim, 1),
+        HAS_SOFTCAP=softcap is not None, KPAD=kpad, KS=ks, S_PAD=triton.next_power_of_2(n_splits),
+        BLOCK_N=cfg.merge_block, num_warps=4, num_stages=1)
     return result
-
-
-def compile_ahead(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, arch: int = 90,
-                  **kwargs) -> list:
-    """Compiles, without launching and without a GPU, the kernels that ``lm_head_stats_triton`` would
-    run for these arguments (CPU tensors do), for CUDA compute capability ``arch``, specialised the way
-    a launch specialises them. Catches compile-only errors where no GPU is at hand; each result's
-    ``asm["ptx"]`` can go through ``ptxas -v`` for registers and spills. Needs TRITON_INTERPRET unset."""
-    from triton._C.libtriton import native_specialize_impl
-    from triton.backends.compiler import BaseBackend, GPUTarget
-    from triton.compiler import ASTSource
-
-    assert not INTERPRET, "compile_ahead needs the compiled (not interpreted) kernels"
-    launches = []
-
-    class Record:  # stands in for a kernel: keeps the launch's arguments
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            return lambda *args, **kw: launches.append((self.kernel, args, kw))
-
-    kernels = {"_partial_kernel": _partial_kernel, "_merge_kernel": _merge_kernel}
-    globals().update({name: Record(k) for name, k in kernels.items()})
-    try:
-        lm_head_stats_triton(hidden, weight, targets, **kwargs)
-    finally:
-        globals().update(kernels)
-    compiled = []
-    for kernel, args, kw in launches:
-        options = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
-        signature, constexprs, attrs = {}, dict(kw), {}
-        for i, (param, arg) in enumerate(zip(kernel.params, args)):
-            ty, key = native_specialize_impl(BaseBackend, arg, False, not param.do_not_specialize, True)
-            signature[param.name] = ty
-            if ty == "constexpr":
-                constexprs[param.name] = arg
-            elif key:
-                attrs[(i,)] = BaseBackend.parse_attr(key)
-        signature.update({name: "constexpr" for name in kw})
-        src = ASTSource(kernel, {p.name: signature[p.name] for p in kernel.params}, constexprs, attrs)
-        compiled.append(triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options))
-    return compiled
-

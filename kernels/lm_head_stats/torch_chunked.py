@@ -19,6 +19,12 @@ z_y comes from a dot product with the target's row and replaces the GEMM's value
 column, so the target is never compared with itself. Ties favour y, and a tie is equality up to
 fp32 rounding: z_v counts as greater only above z_y + RANK_TIE * max(1, |z_y|), so that a token
 whose weight row duplicates the target's never outranks it whichever way its GEMM value rounded.
+
+With ``sketch_dim=k`` the same sweep sketches the head's output gradient (SPEC §4): with the
+Rademacher projection P (k × V) of ``sketch_key`` (``lark_fast.kernels.sketch``), generated chunk by
+chunk, and f_v = dz_v/da_v = logit_scale (1 - (z_v / c)^2) (logit_scale without soft-cap),
+    u = sum_{v != y} e^{z_v - m} (f_v / logit_scale) P[:, v]    rescaled by a like r,
+    sketch = logit_scale (u / s - (1 - p_y) (f_y / logit_scale) P[:, y]) = P (f ⊙ (p - e_y)).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from typing import Optional
 
 import torch
 
+from ..sketch.projection import rademacher
 from .common import RANK_TIE, LMHeadStats, transform_logits_
 
 TEMP_BUDGET = 1 << 24  # elements of the [token_block, vocab_block] fp32 temporaries (64 MiB)
@@ -35,7 +42,8 @@ TEMP_BUDGET = 1 << 24  # elements of the [token_block, vocab_block] fp32 tempora
 def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                         bias: Optional[torch.Tensor] = None, logit_scale: float = 1.0,
                         softcap: Optional[float] = None, topk: int = 0, ignore_index: int = -100,
-                        vocab_block: int = 8192, token_block: Optional[int] = None) -> LMHeadStats:
+                        sketch_key: int = 0, sketch_dim: int = 0, vocab_block: int = 8192,
+                        token_block: Optional[int] = None) -> LMHeadStats:
     n = hidden.shape[0]
     v = weight.shape[0]
     vocab_block = max(1, min(vocab_block, v))
@@ -45,6 +53,8 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     lse, nll, brier, entropy = (torch.zeros(n, **f32) for _ in range(4))
     rank = torch.zeros(n, dtype=torch.int32, device=dev)
     brier_topk, entropy_topk = ((torch.zeros(n, **f32) for _ in range(2)) if topk else (None, None))
+    sketch = torch.zeros(n, sketch_dim, **f32) if sketch_dim else None
+    sketch_rows = torch.arange(sketch_dim, device=dev)
     z_buf, e_buf = (torch.empty(min(n, token_block) * vocab_block, **f32) for _ in range(2))
 
     for t0 in range(0, n, token_block):
@@ -61,6 +71,7 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
         m = zy.clone()
         r, r1, r2 = (torch.zeros(t1 - t0, **f32) for _ in range(3))
         gt = torch.zeros(t1 - t0, dtype=torch.int32, device=dev)
+        u = torch.zeros(t1 - t0, sketch_dim, **f32) if sketch_dim else None
         top = None
         rows = torch.arange(t1 - t0, device=dev)
         for v0 in range(0, v, vocab_block):
@@ -69,6 +80,8 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
             if bias is not None:
                 z += bias[v0:v1].float()
             transform_logits_(z, logit_scale, softcap)
+            if sketch_dim and softcap is not None:
+                f = 1 - (z / softcap).square()  # f_v / logit_scale
             here = (y >= v0) & (y < v1)
             ri, ci = rows[here], y[here] - v0
             z[ri, ci] = zy[here]
@@ -84,6 +97,9 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
             r1 = a * (r1 + (m - m_new) * r) + torch.linalg.vecdot(e, z)
             r = a * r + e.sum(1)
             r2 = a * a * r2 + torch.linalg.vecdot(e, e)
+            if sketch_dim:
+                signs = rademacher(sketch_key, sketch_rows, torch.arange(v0, v1, device=dev))
+                u = a[:, None] * u + (e if softcap is None else e * f) @ signs.T
             m = m_new
 
         d_y = zy - m  # <= 0
@@ -97,6 +113,11 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
         entropy[t0:t1] = (log_s - (r1 + e_y * d_y) / s).clamp(0, math.log(v))
         rank_b = 1 + gt
         rank[t0:t1] = rank_b
+        if sketch_dim:
+            f_y = 1 if softcap is None else 1 - (zy / softcap).square()
+            p_y = rademacher(sketch_key, sketch_rows, y).T
+            q = torch.expm1(-nll_b) * f_y  # -(1 - p_y) f_y / logit_scale
+            sketch[t0:t1] = (u / s[:, None] + q[:, None] * p_y) * (logit_scale / sketch_dim ** 0.5)
         if topk:
             lse_k = torch.logsumexp(top, dim=1)
             p_k = torch.exp(top - lse_k[:, None])
@@ -107,5 +128,7 @@ def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: tor
     ignored = targets == ignore_index
     for x in (lse, nll, brier, entropy, rank) + ((brier_topk, entropy_topk) if topk else ()):
         x.masked_fill_(ignored, 0)
+    if sketch_dim:
+        sketch.masked_fill_(ignored[:, None], 0)
     return LMHeadStats(lse=lse, nll=nll, brier=brier, entropy=entropy, rank=rank, brier_topk=brier_topk,
-                       entropy_topk=entropy_topk)
+                       entropy_topk=entropy_topk, sketch=sketch)
