@@ -20,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-benchmarks/results/gpu}}
-mkdir -p "$OUT_DIR"
+mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)
 exec > >(tee "$OUT_DIR/log.txt") 2>&1
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -85,7 +85,7 @@ else
   step tests 300 $PY -m pytest tests/test_lm_head_stats_triton.py -q -rs --junitxml="$OUT_DIR/pytest.xml"
   step benchmark 300 $PY benchmarks/bench_lm_head_stats.py --cpu --n 16 --repeats 1 --tag gpu --out "$OUT_DIR"
   step sketch-kernels 300 $PY benchmarks/gpu_sketch_check.py --cpu --out "$OUT_DIR"
-  step scoring 300 $PY benchmarks/bench_scoring.py --problems 1 --max-length 256 --output bench_scoring_dryrun.csv
+  step scoring 300 $PY benchmarks/bench_scoring.py --problems 1 --max-length 256 --output "$OUT_DIR/bench_scoring_dryrun.csv"
 fi
 
 echo "== [$((SECONDS - start)) s] done; failed: ${failed[*]:-none}"
