@@ -59,10 +59,8 @@ def forward_backward(scorer: Scorer, items):
     lay = scorer._layout(items)
     with frozen(scorer.model), torch.enable_grad(), _eval_mode(scorer.model):
         hidden, targets = scorer._hidden(lay)
-        counts = (lay.cu_scored[1:] - lay.cu_scored[:-1]).long()
-        weight = torch.repeat_interleave(1.0 / counts.float(), counts)
-        stats = scorer.head.stats(hidden, targets, lay.cu_scored)
-        (stats.nll * weight).sum().backward()
+        stats = scorer.head.stats(hidden, targets, lay.cu_scored, backend=scorer.backend)
+        stats.nll.sum().backward()  # as the sketch path: weight 1 per token, 1 / n_k applied afterwards
 
 
 def dense_gradients(model, toks, layers):

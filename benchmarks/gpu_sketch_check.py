@@ -52,14 +52,15 @@ def rel_err(a, b):
 
 def checks(device, n, shapes, failures):
     for name, (d, v) in shapes.items():
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
             for cap in (None, 30.0):
                 h, w, y, g = inputs(n, d, v, dtype, device)
+                g = g / 500  # the upstream gradient of a mean over ~500 tokens: fp16 tails must not underflow
                 kw = dict(logit_scale=1.0, softcap=cap)
                 ref_stats = lm_head_stats_torch(h, w, y, sketch_dim=16, sketch_key=7, **kw)
                 ours = lm_head_backward_triton(h, w, y, ref_stats.lse, g, **kw)
                 ref = lm_head_backward_torch(h, w, y, ref_stats.lse, g, **kw)
-                tol = 2e-2 if dtype == torch.bfloat16 else 2e-3  # bf16 operands of the second GEMM; tf32
+                tol = 2e-3 if dtype == torch.float32 else 2e-2  # tf32; 16-bit operands of the second GEMM
                 err = rel_err(ours, ref)
                 again = lm_head_backward_triton(h, w, y, ref_stats.lse, g, **kw)
                 part = lm_head_backward_triton(h[5:n - 3], w, y[5:n - 3], ref_stats.lse[5:n - 3], g[5:n - 3], **kw)

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,8 @@ def _plots(out_dir: Path, costs, names, corr) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        warnings.warn("matplotlib is not installed (pip install 'lark_fast[bench]'): costs.png and correlations.png "
+                      "were not written", stacklevel=2)
         return
     fig, ax = plt.subplots(figsize=(8, 4))
     ax.barh([r["method"] for r in costs], [r["seconds"] for r in costs], color="#4c72b0")

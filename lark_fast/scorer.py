@@ -240,13 +240,13 @@ class Scorer:
         hidden, ids = hidden.reshape(-1, hidden.shape[-1]), lay.ids.reshape(-1)
         return hidden[lay.gather], ids[lay.gather + 1]
 
-    def score_batch(self, items: list) -> dict:
+    def score_batch(self, items: list, sketch: bool = True) -> dict:
         """Per-record float64 sums (``n_tokens, nll, brier, entropy, rank_clipped, brier_topk,
         entropy_topk``; the last two NaN without top-K) for a list of ``Tokenized`` records with status
-        ok; with a sketcher also ``sketch`` [S, dim] fp32, ``grad_norm_sq`` and (exact mode)
-        ``grad_norm_sq_exact``."""
+        ok; with a sketcher (and ``sketch``) also ``sketch`` [S, dim] fp32, ``grad_norm_sq`` and (exact
+        mode) ``grad_norm_sq_exact``."""
         lay = self._layout(items)
-        if self.sketcher is not None:
+        if self.sketcher is not None and sketch:
             return self._score_and_sketch(lay)
         with torch.inference_mode(), _eval_mode(self.model):
             hidden, targets = self._hidden(lay)
@@ -262,8 +262,10 @@ class Scorer:
 
     def _score_and_sketch(self, lay: _Layout) -> dict:
         """The statistics plus gradient sketches of each trajectory's mean nll (``lark_fast.sketch``):
-        one forward with the layers hooked and, unless only the head is sketched, one backward of
-        sum_k L_k with every parameter frozen."""
+        one forward with the layers hooked and, unless only the head is sketched, one backward with
+        every parameter frozen. The backward is that of sum_t nll_t (weight 1 per token, so that fp16
+        gradients keep their range, as loss scaling does); trajectories never interact, so trajectory
+        k's gradient of L_k = its summed nll / n_k is its sketch / n_k (and its exact norm / n_k^2)."""
         sk = self.sketcher
         backward = sk.needs_backward
         grad_mode = contextlib.ExitStack()
@@ -274,27 +276,28 @@ class Scorer:
             with sk.capture(lay.cu_full, self.device) as cap:
                 hidden, targets = self._hidden(lay)
             counts = (lay.cu_scored[1:] - lay.cu_scored[:-1]).long()
-            weight = torch.repeat_interleave(1.0 / counts.clamp(min=1).float(), counts)  # d L_k / d nll_t
+            ones = torch.ones(len(targets), device=self.device)
             head = sk.head is not None
             stats = self.head.stats(hidden, targets, lay.cu_scored, self.topk, self.backend,
                                     sketch_dim=sk.k if head else 0, sketch_key=sk.head_key() if head else 0)
             if backward:
-                (stats.nll * weight).sum().backward()
+                stats.nll.sum().backward()
             if head:
                 h = hidden.detach()
                 deltas = None
                 if sk.exact:
                     deltas = (d for *_, d in output_grad_chunks(
-                        h, self.head.weight, targets, stats.lse, weight, bias=self.head.bias,
+                        h, self.head.weight, targets, stats.lse, ones, bias=self.head.bias,
                         logit_scale=self.head.logit_scale, softcap=self.head.softcap, token_block=max(1, len(h))))
-                cap.add_head(h, stats.sketch, weight, lay.cu_scored.tolist(), deltas)
+                cap.add_head(h, stats.sketch, lay.cu_scored.tolist(), deltas)
             cap.check()
         out = self._sums(stats.segments, len(counts))
-        flat = cap.sketches.reshape(len(counts), -1)
+        per_token = 1.0 / counts.clamp(min=1).to(cap.sketches.dtype)  # d L_k / d nll_t
+        flat = cap.sketches.reshape(len(counts), -1) * per_token[:, None]
         out["grad_norm_sq"] = flat.double().square().sum(1).cpu().numpy()
         out["sketch"] = flat.cpu().numpy()
         if cap.exact is not None:
-            out["grad_norm_sq_exact"] = cap.exact.cpu().numpy()
+            out["grad_norm_sq_exact"] = (cap.exact * per_token.double() ** 2).cpu().numpy()
         return out
 
 
@@ -496,10 +499,11 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
             bar.update(1)
 
     def run(batch: list) -> None:
-        """Scores (ordinal, kind, Tokenized) items; on out-of-memory splits the batch and retries."""
+        """Scores (ordinal, kind, Tokenized) items of one kind; on out-of-memory splits the batch and
+        retries. Only the main forwards are sketched (the extra methods need their nll alone)."""
         nonlocal forward_tokens
         try:
-            sums = scorer.score_batch([t for _, _, t in batch])
+            sums = scorer.score_batch([t for _, _, t in batch], sketch=batch[0][1] == "main")
         except Exception as e:
             if not _is_oom(e):
                 raise
@@ -518,8 +522,9 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
         bar.set_postfix(tok_s=f"{n_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
 
     def flush_window(window: list) -> None:
-        for row in pack_ffd([len(t.input_ids) for _, _, t in window], max_tokens_per_batch, batch_size):
-            run([window[i] for i in row])
+        for group in ([w for w in window if w[1] == "main"], [w for w in window if w[1] != "main"]):
+            for row in pack_ffd([len(t.input_ids) for _, _, t in group], max_tokens_per_batch, batch_size):
+                run([group[i] for i in row])
 
     items: queue.Queue = queue.Queue(maxsize=4096)
     worker = threading.Thread(target=_read_and_tokenize, args=(reader, scorer, shard, done, extra, items),
@@ -638,7 +643,7 @@ def _gradient_columns(cols: dict, per: dict, ok: np.ndarray, sketches: SketchRow
 
     out = {"grad_norm_sq": g,
            "rho_grad": np.where(L > L_FLOOR, g / L, np.where(np.isnan(L), np.nan, 0.0)),
-           "kappa": g / per["brier"],
+           "kappa": np.where(per["brier"] > 0, g / np.where(per["brier"] > 0, per["brier"], 1), np.nan),
            "g_hat_grad": lark_energy_grad(cols["problem_id"], L, ok & np.isfinite(g), gram_of)}
     if exact:
         out["grad_norm_sq_exact"] = np.where(ok, cols["grad_norm_sq_exact"], np.nan)

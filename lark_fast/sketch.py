@@ -12,10 +12,12 @@ output gradients in a hook on the layer's output, and only the projected [tokens
 multiplied, per trajectory, by a thin padded bmm: no per-token outer product exists.
 
 Loss: ℓ_k is trajectory k's mean nll over its scored tokens (L_k of SPEC §3). One backward of
-Σ_k ℓ_k gives every trajectory's own δ_t at once, because packed trajectories never attend to each
-other; the parameters are frozen during it (no weight gradient is ever formed). The LM head is
-special: its output gradient is (p_t - e_{y_t}) / n_k (times the soft-cap derivative), and
-P_out δ_t comes out of the fused statistics' vocabulary sweep, never materialising [tokens, V].
+Σ_t nll_t gives every trajectory's own δ_t at once, because packed trajectories never attend to each
+other; the parameters are frozen during it (no weight gradient is ever formed). Token weights are
+1 in the backward (fp16 activation gradients keep their range, as with loss scaling) and the caller
+divides trajectory k's sketch by n_k (its exact norm by n_k²). The LM head is special: its output
+gradient is p_t - e_{y_t} (times the soft-cap derivative), and P_out δ_t comes out of the fused
+statistics' vocabulary sweep, never materialising [tokens, V].
 
 Layers are found through ``SKETCHERS``, a registry keyed by module type (nn.Linear, transformers'
 Conv1D); register more with ``register_sketcher``. A weight shared by several modules (a head tied to
@@ -200,26 +202,28 @@ class GradientSketcher:
         layers = [{"name": la.name, "d_in": la.d_in, "d_out": la.d_out, "bias": la.bias} for la in self.layers]
         return {"k": self.k, "seed": self.seed, "exact": self.exact, "layers": layers}
 
-    def _projections(self, i: int, device, dtype) -> tuple:
-        """(P_in, P_out) of layer i, as ±1 in ``dtype`` (exact in any float type); scaled by 1/k later.
+    def _projections(self, i: int, device) -> tuple:
+        """(P_in, P_out) of layer i, as ±1 in fp32; scaled by 1/k later. Projections run in fp32
+        whatever the model's dtype: a sum of d_in bf16 products rounds, one of fp16 can overflow.
         The head's P_out is never materialised (None)."""
-        key = (i, device, dtype)
+        key = (i, device)
         if key not in self._proj:
             la = self.layers[i]
-            p_in = signs(projection_key(self.seed, la.name, IN), self.k, la.d_in, device, dtype)
+            f32 = torch.float32
+            p_in = signs(projection_key(self.seed, la.name, IN), self.k, la.d_in, device, f32)
             p_out = None if la.is_head else signs(projection_key(self.seed, la.name, OUT), self.k, la.d_out, device,
-                                                  dtype)
+                                                  f32)
             self._proj[key] = (p_in, p_out)
         return self._proj[key]
 
     def project_in(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """P_in x̃ [N, k] fp32 for layer i's inputs x [N, d_in without bias]."""
         la = self.layers[i]
-        p_in, _ = self._projections(i, x.device, x.dtype)
+        p_in, _ = self._projections(i, x.device)
         d = la.d_in - la.bias
-        b = (x @ p_in[:, :d].T).float()
+        b = x.float() @ p_in[:, :d].T
         if la.bias:
-            b += p_in[:, d].float()
+            b += p_in[:, d]
         return b / self.k ** 0.5
 
     @contextlib.contextmanager
@@ -274,23 +278,23 @@ class Capture:
         la = self.sk.layers[i]
         self.backwards[i] += 1
         delta = grad.reshape(-1, grad.shape[-1])
-        _, p_out = self.sk._projections(i, delta.device, delta.dtype)
-        a = (delta @ p_out.T).float() / self.sk.k ** 0.5
+        _, p_out = self.sk._projections(i, delta.device)
+        a = (delta.float() @ p_out.T) / self.sk.k ** 0.5
         self.sketches[:, i] += self.plan.outer(a, b)
         if xe is not None:
             self.exact += exact_sq_norms(xe, [delta], self.cu_full, la.d_out, self.sk.exact_mode)
 
-    def add_head(self, hidden: torch.Tensor, out_sketch: torch.Tensor, token_weight: torch.Tensor, cu_scored: list,
+    def add_head(self, hidden: torch.Tensor, out_sketch: torch.Tensor, cu_scored: list,
                  exact_deltas: Optional[Iterable] = None) -> None:
         """The head's block from its inputs at the scored positions ``hidden`` [N_s, d] (segments
-        ``cu_scored``), the op's per-token P_out f ⊙ (p - e_y) ``out_sketch`` [N_s, k] and the loss
-        weights 1/n_k ``token_weight``; in exact mode ``exact_deltas`` yields the head's output
-        gradient (already weighted) in vocabulary blocks [N_s, d_c]."""
+        ``cu_scored``) and the op's per-token P_out f ⊙ (p - e_y) ``out_sketch`` [N_s, k] (the output
+        gradient of nll_t, weight 1 per token like the backward); in exact mode ``exact_deltas``
+        yields that output gradient in vocabulary blocks [N_s, d_c]."""
         i = self.sk.head
         la = self.sk.layers[i]
         plan = SegmentPlan(cu_scored, hidden.device)
         b = self.sk.project_in(i, hidden)
-        self.sketches[:, i] = plan.outer(out_sketch * token_weight[:, None], b)
+        self.sketches[:, i] = plan.outer(out_sketch, b)
         self.backwards[i] += 1
         if self.exact is not None:
             self.exact += exact_sq_norms(with_bias_column(hidden, la.bias), exact_deltas, cu_scored, la.d_out,

@@ -3,8 +3,8 @@ logits recomputed tile by tile from the forward's lse; neither [N, V] nor any dW
 
 Grid: one program per token block. It walks the vocabulary in tiles of BLOCK_V columns:
   logits  acc = h W_tileᵀ over d chunks, z = softcap(logit_scale (acc + b))
-  grads   d = grad_t f (e^{z - lse_t} - [v = y_t]),  f = logit_scale (1 - (z / c)^2) (or logit_scale)
-  dH      for each d chunk: dH[rows, chunk] += d W_tile[:, chunk]
+  grads   d = f (e^{z - lse_t} - [v = y_t]),  f = logit_scale (1 - (z / c)^2) (or logit_scale)
+  dH      for each d chunk: dH[rows, chunk] += grad_t (d W_tile[:, chunk])
 dH is fp32 in global memory and owned by the program's rows alone, so the read-modify-write needs
 no atomics and every row sums its tiles in vocabulary order: deterministic and batch-invariant.
 """
@@ -77,7 +77,9 @@ def _backward_kernel(H, W, Bias, Y, Lse, G, DH, N, V, D, stride_h, stride_w, log
             d = d * (logit_scale * (1.0 - zc * zc))
         else:
             d = d * logit_scale
-        d = tl.where(col_ok[None, :], d * g[:, None], 0.0)
+        # g multiplies the tile's product, not d: a small g (a mean over n tokens) times a tail
+        # probability would underflow in fp16 operands
+        d = tl.where(col_ok[None, :], d, 0.0)
         if not DOT_FP32:
             d = d.to(W.dtype.element_ty)
         for d0 in range(0, D, BLOCK_D):
@@ -88,7 +90,7 @@ def _backward_kernel(H, W, Bias, Y, Lse, G, DH, N, V, D, stride_h, stride_w, log
                 w = w.to(tl.float32)
             here = row_ok[:, None] & d_ok[None, :]
             dh = tl.load(dh_ptr + d0, mask=here, other=0.0)
-            dh = tl.dot(d, w, dh, input_precision=PRECISION)
+            dh += g[:, None] * tl.dot(d, w, input_precision=PRECISION)
             tl.store(dh_ptr + d0, dh, mask=here)
 
 

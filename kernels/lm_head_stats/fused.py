@@ -141,8 +141,9 @@ def _insert_topk(top, cand):
     return top
 
 
-# N, V and topk only bound loops and masks: not specialising on them saves recompiles per batch size.
-@triton.jit(do_not_specialize=["N", "V", "n_splits", "topk"])
+# N, V and topk only bound loops and masks: not specialising on them saves recompiles per batch size;
+# sketch_key is data (a key of 1 would otherwise become a constant).
+@triton.jit(do_not_specialize=["N", "V", "n_splits", "topk", "sketch_key"])
 def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
                     N, V, D, stride_h, stride_w, logit_scale, softcap, vocab_per_split, n_splits, rank_tie, topk,
                     sketch_key, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -237,7 +238,7 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
                 if HAS_SOFTCAP:
                     zs = tl.where(col_ok[None, :], z / softcap, 0.0)
                     e = e * (1.0 - zs * zs)
-                u = u * a[:, None] + tl.dot(e, rademacher_tile(sketch_key, sk_rows, cols))
+                u = u * a[:, None] + tl.dot(e, rademacher_tile(sketch_key, sk_rows, cols), input_precision=PRECISION)
             m = m_new
             if KPAD > 0:
                 top = _insert_topk(top, z)
@@ -257,7 +258,7 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
         tl.store(Sk + (pid_s * N + rows)[:, None] * KS + sk_rows[None, :], u, mask=row_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["N", "n_splits", "topk"])
+@triton.jit(do_not_specialize=["N", "n_splits", "topk", "sketch_key"])
 def _merge_kernel(Part, Gt, Zy, Top, Sk, Y, Lse, Nll, Brier, Entropy, Rank, BrierTopk, EntropyTopk, Sketch,
                   N, n_splits, log_v, ignore_index, topk, sketch_scale, softcap, sketch_key, sketch_dim,
                   HAS_SOFTCAP: tl.constexpr, KPAD: tl.constexpr, KS: tl.constexpr, S_PAD: tl.constexpr,
@@ -303,10 +304,13 @@ def _merge_kernel(Part, Gt, Zy, Top, Sk, Y, Lse, Nll, Brier, Entropy, Rank, Brie
     if KS > 0:
         sk_rows = tl.arange(0, KS)
         u = tl.zeros([BLOCK_N, KS], dtype=tl.float32)
+        m_c = Part + rows  # split c's running max; pointers advance, so no c * 4 * N product overflows
+        sk_c = Sk + rows[:, None] * KS + sk_rows[None, :]
         for c in range(0, n_splits):
-            a_c = tl.exp(tl.load(Part + c * 4 * N + rows, mask=row_ok, other=0.0) - m)
-            u += a_c[:, None] * tl.load(Sk + (c * N + rows)[:, None] * KS + sk_rows[None, :], mask=row_ok[:, None],
-                                        other=0.0)
+            a_c = tl.exp(tl.load(m_c, mask=row_ok, other=0.0) - m)
+            u += a_c[:, None] * tl.load(sk_c, mask=row_ok[:, None], other=0.0)
+            m_c += 4 * N
+            sk_c += N * KS
         f_y = 1.0
         if HAS_SOFTCAP:
             zs = zy / softcap
