@@ -132,7 +132,13 @@ def kappa_report(table, B: int) -> dict:
     kappa = table["kappa"][ok]
     pids = np.asarray(table["problem_id"])[ok]
     order, offsets = group_offsets(pids)
-    within = [kappa[order[a:b]].max() / kappa[order[a:b]].min() for a, b in zip(offsets[:-1], offsets[1:]) if b - a > 1]
+    n_tokens = np.asarray(table["n_tokens"], dtype=np.float64)[ok]
+    per_n = kappa * n_tokens  # ||grad L||^2 / (brier / n): against the logit-level norm of the same mean loss
+
+    def within(x):  # median over problems of max / min
+        ratios = [x[order[a:b]].max() / x[order[a:b]].min() for a, b in zip(offsets[:-1], offsets[1:]) if b - a > 1]
+        return float(np.median(ratios)) if ratios else float("nan")
+
     pid_all = np.asarray(table["problem_id"])
     w_lark = lark_fast.select(table, B=B, by="lark")
     w_grad = lark_fast.select(table, B=B, by="lark_grad")
@@ -140,8 +146,12 @@ def kappa_report(table, B: int) -> dict:
     return {"trajectories": int(ok.sum()), "problems": int(len(offsets) - 1),
             "kappa_min": q[0], "kappa_p10": q[1], "kappa_median": q[2], "kappa_p90": q[3], "kappa_max": q[4],
             "kappa_max_over_min": q[4] / q[0], "kappa_p90_over_p10": q[3] / q[1],
-            "kappa_within_problem_max_over_min_median": float(np.median(within)) if within else float("nan"),
+            "kappa_within_problem_max_over_min_median": within(kappa),
             "spearman_kappa_vs_brier": spearman_within_problems(pids, kappa, table["brier"][ok]),
+            "spearman_kappa_vs_n_tokens": spearman_within_problems(pids, kappa, n_tokens),
+            "kappa_log_slope_vs_n_tokens": float(np.polyfit(np.log(n_tokens), np.log(kappa), 1)[0]),
+            "kappa_times_n_max_over_min": float(per_n.max() / per_n.min()),
+            "kappa_times_n_within_problem_max_over_min_median": within(per_n),
             "spearman_g_hat_vs_g_hat_grad": spearman_within_problems(pid_all, table["g_hat"], table["g_hat_grad"]),
             "spearman_rho_vs_rho_grad": spearman_within_problems(pid_all, table["rho"], table["rho_grad"]),
             f"top{B}_overlap_lark_vs_lark_grad": topb_overlap(pid_all, w_lark, w_grad)}
