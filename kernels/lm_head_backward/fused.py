@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..lm_head_stats.fused import _PRECISION, INTERPRET, _transform
+from ..lm_head_stats.fused import _PRECISION, INTERPRET
+from ..weighted_ce.fused import _logits_tile
 
 
 @dataclass(frozen=True)
@@ -51,30 +52,16 @@ def _backward_kernel(H, W, Bias, Y, Lse, G, DH, N, V, D, stride_h, stride_w, log
     lse = tl.where(keep, tl.load(Lse + rows, mask=row_ok, other=0.0), float("inf"))  # ignored rows: p = 0
     dd = tl.arange(0, BLOCK_D)
     vv = tl.arange(0, BLOCK_V)
-    h_ptr = H + rows[:, None] * stride_h + dd[None, :]
     dh_ptr = DH + rows[:, None] * D + dd[None, :]
 
     for v0 in range(0, V, BLOCK_V):
         cols = (v0 + vv).to(tl.int64)  # int64: cols * stride_w can pass 2^31
         col_ok = cols < V
-        acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-        for d0 in range(0, D, BLOCK_D):
-            d_ok = dd < D - d0
-            h = tl.load(h_ptr + d0, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            w = tl.load(W + cols[None, :] * stride_w + (d0 + dd)[:, None], mask=d_ok[:, None] & col_ok[None, :],
-                        other=0.0)
-            if DOT_FP32:
-                h = h.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(h, w, acc, input_precision=PRECISION)
-        b = 0.0
-        if HAS_BIAS:
-            b = tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-        z = _transform(acc, b, logit_scale, softcap, HAS_SOFTCAP)
+        z, t = _logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
+                            HAS_BIAS, HAS_SOFTCAP, DOT_FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         d = tl.exp(z - lse[:, None]) - (cols[None, :] == y[:, None]).to(tl.float32)
         if HAS_SOFTCAP:
-            zc = z / softcap
-            d = d * (logit_scale * (1.0 - zc * zc))
+            d = d * (logit_scale * (1.0 - t * t))
         else:
             d = d * logit_scale
         # g multiplies the tile's product, not d: a small g (a mean over n tokens) times a tail
