@@ -59,12 +59,9 @@ def summarize_scores(table) -> list:
 
 
 def cmd_score(args) -> int:
-    import shutil
-
     from . import dist
-    from .models import load_student, resolve_device
-    from .scorer import score
-    from .table import table_format, write_json
+    from .models import resolve_device
+    from .table import table_format
 
     table_format(args.output)  # fail on a bad output name before loading anything
     template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
@@ -75,6 +72,19 @@ def cmd_score(args) -> int:
         device = f"cuda:{shard.local_rank}"
         torch.cuda.set_device(device)
     dist.init(shard, device)
+    try:
+        return _score(args, shard, device, template)
+    finally:
+        dist.close()
+
+
+def _score(args, shard, device, template) -> int:
+    import shutil
+
+    from .models import load_student
+    from .scorer import score
+    from .table import write_json
+
     model, tokenizer = load_student(args.model, device, args.dtype)
     run_dir = Path(str(args.output) + ".parts")
     table = score(model, tokenizer, args.input, max_length=args.max_length, batch_size=args.batch_size,

@@ -38,3 +38,10 @@ def barrier(shard: Shard) -> None:
     import torch.distributed as dist
     if shard.world > 1 and dist.is_initialized():
         dist.barrier()
+
+
+def close() -> None:
+    """Destroys the process group, if any: an undestroyed gloo group can abort the process at exit."""
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -80,7 +80,7 @@ def test_reading_streams(tokenizer, monkeypatch):
     class Stop(Exception):
         pass
 
-    def first_batch(self, items):
+    def first_batch(self, items, **kw):
         raise Stop(produced["n"])
 
     monkeypatch.setattr(scorer_mod.Scorer, "score_batch", first_batch)
@@ -93,11 +93,11 @@ def test_out_of_memory_splits_the_batch(tokenizer, monkeypatch):
     real = scorer_mod.Scorer.score_batch
     calls = []
 
-    def limited(self, items):
+    def limited(self, items, **kw):
         calls.append(len(items))
         if sum(len(t.input_ids) for t in items) > 300:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, items)
+        return real(self, items, **kw)
 
     recs = mixed_records()
     model = tiny_llama()

@@ -24,6 +24,9 @@ def main(out):
     trainer.train()
     if trainer.accelerator.is_main_process:
         torch.save({n: p.detach() - before[n] for n, p in model.named_parameters()}, out)
+    trainer.accelerator.wait_for_everyone()
+    # an undestroyed gloo group can abort the process at exit ("terminate called without an active exception")
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
