@@ -63,3 +63,12 @@ def make_records(n_problems=4, per_problem=3, seed=0):
 @pytest.fixture
 def tokenizer():
     return byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny local student directory (model + tokenizer), as ``--model`` takes it."""
+    d = tmp_path_factory.mktemp("student")
+    tiny_llama().save_pretrained(d)
+    byte_tokenizer().save_pretrained(d)
+    return d

@@ -5,18 +5,10 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import byte_tokenizer, make_records, tiny_llama
+from conftest import make_records
 
 from lark_fast.cli import main
 from lark_fast.table import ScoreTable
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("student")
-    tiny_llama().save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import byte_tokenizer, make_records, tiny_llama
+from conftest import make_records, tiny_llama
 
 import lark_fast
 from lark_fast import scorer as scorer_mod
@@ -137,14 +137,6 @@ def test_resume_and_corrupt_parts(tokenizer, tmp_path):
     # other settings are refused, not mixed in
     with pytest.raises(ValueError, match="other settings \\(max_length differ\\)"):
         lark_fast.score(model, tokenizer, recs, run_dir=run_dir, max_length=100, progress=False)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("student")
-    tiny_llama().save_pretrained(d)
-    byte_tokenizer().save_pretrained(d)
-    return d
 
 
 def _cli(args, **kw):
