@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, PeakMemory, add_model_args, build_model, load_records, machine, write_csv  # noqa: E402
+from common import (RESULTS, PeakMemory, add_model_args, build_model, load_records, machine, sync,  # noqa: E402
+                    write_csv)
 
 import lark_fast  # noqa: E402
 import lark_fast.models  # noqa: E402
@@ -45,10 +46,6 @@ def workload(args, tokenizer, vocab):
     toks = [ct(r["messages"]) for r in recs]
     return [(t.input_ids, t.start) for t in toks if t.status == "ok"], recs
 
-
-def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def run_lark(model, tokenizer, recs, seqs, args):

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, PeakMemory, add_model_args, build_model, load_records, machine, write_csv  # noqa: E402
+from common import (RESULTS, PeakMemory, add_model_args, build_model, load_records, machine, sync,  # noqa: E402
+                    write_csv)
 
 import lark_fast  # noqa: E402
 from lark_fast.bench import spearman_within_problems, topb_overlap  # noqa: E402
@@ -44,10 +45,6 @@ from lark_fast.scores import gradient_energy  # noqa: E402
 from lark_fast.sketch import frozen  # noqa: E402
 from lark_fast.solver import group_offsets  # noqa: E402
 
-
-def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def rows_of(toks, capacity):

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, PeakMemory, machine, write_csv  # noqa: E402
+from common import RESULTS, PeakMemory, machine, sync, write_csv  # noqa: E402
 
 from lark_fast.train import weighted_sft_loss  # noqa: E402
 
@@ -39,10 +39,6 @@ SHAPES = {  # (hidden size, vocabulary)
     "tiny": (64, 1000),
 }
 
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def hf_default(hidden, weight, labels):

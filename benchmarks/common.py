@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 import lark_fast.models
-from lark_fast.bench import PeakMemory, machine, write_csv
+from lark_fast.bench import PeakMemory, machine, sync, write_csv
 from lark_fast.demo import champ_pool
 from lark_fast.pool import PoolReader
 
-__all__ = ["RESULTS", "SHAPES", "PeakMemory", "machine", "write_csv", "add_model_args", "build_model",
+__all__ = ["RESULTS", "SHAPES", "PeakMemory", "machine", "sync", "write_csv", "add_model_args", "build_model",
            "load_records"]
 
 RESULTS = Path(__file__).resolve().parent / "results"

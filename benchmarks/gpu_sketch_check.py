@@ -28,7 +28,7 @@ if "--cpu" in sys.argv:
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, PeakMemory, machine, write_csv  # noqa: E402
+from common import RESULTS, PeakMemory, machine, sync, write_csv  # noqa: E402
 
 from lark_fast.kernels.lm_head_backward import lm_head_backward_torch, lm_head_backward_triton  # noqa: E402
 from lark_fast.kernels.lm_head_stats import lm_head_stats_torch, lm_head_stats_triton  # noqa: E402
@@ -117,10 +117,6 @@ def timings(device, n, shapes, repeats):
             print(rows[-1], flush=True)
     return rows
 
-
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def main():

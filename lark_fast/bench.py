@@ -87,6 +87,12 @@ class PeakMemory:
         return False
 
 
+def sync(device) -> None:
+    """Waits for the work queued on ``device`` (a no-op off CUDA): call before reading a clock."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def write_csv(path, rows: list, meta: dict | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +189,7 @@ def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None,
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
             result = fn()
-            if str(device).startswith("cuda"):
-                torch.cuda.synchronize()
+            sync(device)
             secs = time.perf_counter() - t0
         return result, secs, mem.mb
 
