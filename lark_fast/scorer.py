@@ -276,7 +276,6 @@ class Scorer:
             with sk.capture(lay.cu_full, self.device) as cap:
                 hidden, targets = self._hidden(lay)
             counts = (lay.cu_scored[1:] - lay.cu_scored[:-1]).long()
-            ones = torch.ones(len(targets), device=self.device)
             head = sk.head is not None
             stats = self.head.stats(hidden, targets, lay.cu_scored, self.topk, self.backend,
                                     sketch_dim=sk.k if head else 0, sketch_key=sk.head_key() if head else 0)
@@ -287,8 +286,9 @@ class Scorer:
                 deltas = None
                 if sk.exact:
                     deltas = (d for *_, d in output_grad_chunks(
-                        h, self.head.weight, targets, stats.lse, ones, bias=self.head.bias,
-                        logit_scale=self.head.logit_scale, softcap=self.head.softcap, token_block=max(1, len(h))))
+                        h, self.head.weight, targets, stats.lse, torch.ones(len(h), device=self.device),
+                        bias=self.head.bias, logit_scale=self.head.logit_scale, softcap=self.head.softcap,
+                        token_block=max(1, len(h))))
                 cap.add_head(h, stats.sketch, lay.cu_scored.tolist(), deltas)
             cap.check()
         out = self._sums(stats.segments, len(counts))
