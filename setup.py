@@ -31,7 +31,7 @@ ext_modules = [
 ]
 
 setup(
-    packages=["lark_fast", "lark_fast.kernels", "lark_fast.kernels.lm_head_stats", "lark_fast.kernels.lm_head_backward",
+    packages=["lark_fast", "lark_fast.train", "lark_fast.kernels", "lark_fast.kernels.lm_head_stats", "lark_fast.kernels.lm_head_backward",
               "lark_fast.kernels.sketch", "lark_fast.kernels.weighted_ce"],
     package_dir={"lark_fast": "lark_fast", "lark_fast.kernels": "kernels"},
     ext_modules=ext_modules,

@@ -1,4 +1,4 @@
-"""Benchmark of the LM-head statistics op (SPEC §2): time and peak extra memory per provider and shape.
+"""Benchmark of the LM-head statistics op (docs/method.md §2): time and peak extra memory per provider and shape.
 
     python benchmarks/bench_lm_head_stats.py                  # CUDA: every provider, real model shapes
     python benchmarks/bench_lm_head_stats.py --cpu            # CPU: torch-chunked vs a bare chunked GEMM + logsumexp
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, PeakMemory, machine, write_csv  # noqa: E402
 
 from lark_fast.kernels.lm_head_stats import lm_head_stats_torch, lm_head_stats_triton  # noqa: E402
-from lark_fast.kernels.lm_head_stats.torch_chunked import TEMP_BUDGET  # noqa: E402
+from lark_fast.kernels.head import TEMP_BUDGET  # noqa: E402
 
 SHAPES = {  # name: (hidden size d, vocabulary V)
     "smollm2-135m": (576, 49152),

@@ -31,10 +31,10 @@ from common import (RESULTS, PeakMemory, add_model_args, build_model, load_recor
 import lark_fast  # noqa: E402
 import lark_fast.models  # noqa: E402
 from lark_fast import attention  # noqa: E402
-from lark_fast.bench import reference_pass  # noqa: E402
+from lark_fast.published import reference_pass  # noqa: E402
 from lark_fast.chat import ChatTokenizer  # noqa: E402
 from lark_fast.packing import pack_ffd, packed_row  # noqa: E402
-from lark_fast.scorer import LMHead, hidden_before_head  # noqa: E402
+from lark_fast.head import LMHead, hidden_before_head  # noqa: E402
 
 def workload(args, tokenizer, vocab):
     """Token ids and first scored index of every trajectory, and the pool records (None if synthetic)."""

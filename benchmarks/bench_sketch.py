@@ -15,7 +15,7 @@ times cover the model work only. Ratios: sketch / forward_backward (the sketches
 less / sketch (trajectories/s of sketch over the baseline; target >= 10x).
 
 Then ``lark_fast.score(..., sketch_dim=k)`` scores the pool end to end and the script reports how κ =
-||grad L||^2 / brier (SPEC §4) varies across trajectories and within problems, how g_hat_grad ranks
+||grad L||^2 / brier (docs/method.md §4) varies across trajectories and within problems, how g_hat_grad ranks
 against g_hat, and (``--exact N``) the sketch's error against exact norms on N trajectories.
 
     python benchmarks/bench_sketch.py                          # SmolLM2 + CHAMP on CPU
@@ -37,13 +37,13 @@ from common import (RESULTS, PeakMemory, add_model_args, build_model, load_recor
                     write_csv)
 
 import lark_fast  # noqa: E402
-from lark_fast.bench import spearman_within_problems, topb_overlap  # noqa: E402
+from lark_fast.proxy_bench import spearman_within_problems, topb_overlap  # noqa: E402
 from lark_fast.kernels.sketch import IN, OUT, projection_key, signs  # noqa: E402
 from lark_fast.packing import pack_ffd  # noqa: E402
-from lark_fast.scorer import Scorer, _eval_mode  # noqa: E402
+from lark_fast.scorer import Scorer, eval_mode  # noqa: E402
 from lark_fast.scores import gradient_energy  # noqa: E402
 from lark_fast.sketch import frozen  # noqa: E402
-from lark_fast.solver import group_offsets  # noqa: E402
+from lark_fast.groups import group_offsets  # noqa: E402
 
 
 
@@ -53,9 +53,9 @@ def rows_of(toks, capacity):
 
 def forward_backward(scorer: Scorer, items):
     """The activation backward alone: what sketch adds hooks and projections to."""
-    lay = scorer._layout(items)
-    with frozen(scorer.model), torch.enable_grad(), _eval_mode(scorer.model):
-        hidden, targets = scorer._hidden(lay)
+    lay = scorer.layout(items)
+    with frozen(scorer.model), torch.enable_grad(), eval_mode(scorer.model):
+        hidden, targets = scorer.head_inputs(lay)
         stats = scorer.head.stats(hidden, targets, lay.cu_scored, backend=scorer.backend)
         stats.nll.sum().backward()  # as the sketch path: weight 1 per token, 1 / n_k applied afterwards
 
@@ -75,7 +75,7 @@ def dense_gradients(model, toks, layers):
     try:
         for p in flat:
             p.requires_grad_(True)
-        with _eval_mode(model):
+        with eval_mode(model):
             for t in toks:
                 ids = torch.tensor([t.input_ids], device=model.device)
                 logits = model(input_ids=ids, use_cache=False).logits[0, t.start - 1:-1]

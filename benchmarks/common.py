@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts (the measuring tools live in lark_fast.bench): the student
+"""Shared helpers of the benchmark scripts (the measuring tools live in lark_fast.measure): the student
 and pool arguments every model-level benchmark takes, and how they are loaded."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 import lark_fast.models
-from lark_fast.bench import PeakMemory, machine, sync, write_csv
-from lark_fast.demo import champ_pool
+from lark_fast.measure import PeakMemory, machine, sync, write_csv
+from lark_fast.champ import champ_pool
 from lark_fast.pool import PoolReader
 
 __all__ = ["RESULTS", "SHAPES", "PeakMemory", "machine", "sync", "write_csv", "add_model_args", "build_model",

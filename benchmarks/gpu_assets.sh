@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu_assets
 python - <<'PY'
-from lark_fast.demo import champ_pool
+from lark_fast.champ import champ_pool
 from lark_fast.models import load_tokenizer
 from lark_fast.table import write_jsonl
 n = write_jsonl(".gpu_assets/pool.jsonl", champ_pool(24, ["0-Shot", "Direct C w/ H"]))

@@ -1,7 +1,7 @@
 """Weighted SFT of the real SmolLM2-135M-Instruct student on CHAMP trajectories, on CPU, comparing
 three selections of the same pool with the same budget of B trajectories per problem:
 
-  lark      LARK weights: top-B by g_hat, weighted by the margin over the first excluded (SPEC §5)
+  lark      LARK weights: top-B by g_hat, weighted by the margin over the first excluded (docs/method.md §5)
   uniform   the same top-B candidates, 1/B each
   random    B random valid candidates per problem, 1/B each
 
@@ -32,10 +32,11 @@ import numpy as np
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lark_fast  # noqa: E402
-import lark_fast.bench  # noqa: E402
-from lark_fast.demo import STUDENT_PACKAGE, champ_pool  # noqa: E402
+import lark_fast.measure  # noqa: E402
+from lark_fast.champ import champ_pool  # noqa: E402
+from lark_fast.demo import STUDENT_PACKAGE  # noqa: E402
 from lark_fast.models import load_student  # noqa: E402
-from lark_fast.solver import group_offsets  # noqa: E402
+from lark_fast.groups import group_offsets  # noqa: E402
 from lark_fast.train import LarkScorer, WeightedSFTDataset, WeightedSFTTrainer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -137,7 +138,7 @@ def main() -> int:
             f.write(f"{r['arm']},{r['step']},{r['heldout_L']:.6f},{'' if r['train_loss'] is None else r['train_loss']}\n")
     info = {"command": "python " + " ".join(sys.argv), **vars(args), "train_trajectories": len(train_pool),
             "heldout_trajectories": len(heldout), "anchor_scoring_seconds": round(score_seconds, 1),
-            "train_seconds": {k: round(v, 1) for k, v in timings.items()}, "machine": lark_fast.bench.machine()}
+            "train_seconds": {k: round(v, 1) for k, v in timings.items()}, "machine": lark_fast.measure.machine()}
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     plot(rows, out.with_suffix(".png"), info)
     for arm in timings:

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 from . import ops, solver  # noqa: E402
 from .pool import PoolError, PoolIssue  # noqa: E402
-from .scorer import score  # noqa: E402
+from .scoring import score  # noqa: E402
 from .select import select  # noqa: E402
 from .table import ScoreTable  # noqa: E402
 

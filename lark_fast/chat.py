@@ -1,4 +1,4 @@
-"""Token ids and the scored assistant span, from the tokenizer's own chat template (SPEC §3).
+"""Token ids and the scored assistant span, from the tokenizer's own chat template (docs/method.md §3).
 
 full   = apply_chat_template(messages, tokenize=True)
 prompt = apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt=True)

@@ -22,15 +22,9 @@ from typing import Optional
 
 import numpy as np
 
+from .columns import COLUMNS
 from .table import atomic_write, write_json
 
-COLUMNS = {  # name -> numpy dtype (object = string)
-    "ordinal": np.int64, "problem_id": object, "candidate_id": object, "teacher": object, "truncated": bool,
-    "status": object, "reason": object, "n_tokens": np.int64, "nll": np.float64, "brier": np.float64,
-    "entropy": np.float64, "rank_clipped": np.float64, "brier_topk": np.float64, "entropy_topk": np.float64,
-    "ifd_nll": np.float64, "ifd_n": np.float64, "local_nll": np.float64, "local_n": np.float64,
-    "grad_norm_sq": np.float64, "grad_norm_sq_exact": np.float64, "sketch_scale": np.float64,
-}
 CHECKSUM_KEY = b"lark_fast.checksum"
 SKETCH_KEY = b"lark_fast.sketch_checksum"
 SKETCH_INDEX = ("sketch_part", "sketch_row")  # where load() found each row's sketch

@@ -8,54 +8,7 @@ from pathlib import Path
 
 from .methods import METHODS
 from .pool import ON_ERROR, PoolError
-
-MAX_ISSUES_SHOWN = 20
-
-
-def manifest_path(output) -> Path:
-    """``scores.parquet`` -> ``scores.manifest.json``."""
-    p = Path(output)
-    name = p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name
-    return p.with_name(name.rsplit(".", 1)[0] + ".manifest.json")
-
-
-def versions() -> dict:
-    import platform
-
-    import numpy
-    import torch
-    import transformers
-
-    from . import __version__
-    return {"lark_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version()}
-
-
-def report_issues(issues, out=None) -> None:
-    out = out or sys.stderr
-    for issue in issues[:MAX_ISSUES_SHOWN]:
-        print(f"  skipped {issue}", file=out)
-    if len(issues) > MAX_ISSUES_SHOWN:
-        print(f"  ... and {len(issues) - MAX_ISSUES_SHOWN} more (all listed in the manifest)", file=out)
-
-
-def summarize_scores(table) -> list:
-    import numpy as np
-    status = table["status"]
-    ok = status == "ok"
-    secs = table.info.get("seconds", 0.0)
-    toks = table.info.get("scored_tokens_this_run", int(table["n_tokens"].sum()))
-    lines = [f"scored {int(ok.sum())} of {len(table)} records read; this run: {toks} tokens in {secs:.1f} s "
-             f"({toks / max(secs, 1e-9):.0f} tokens/s)"]
-    if table.issues:
-        lines.append(f"skipped {len(table.issues)} bad records (see above)")
-    unscorable = collections.Counter(status[~ok].tolist())
-    if unscorable:
-        lines.append("unscorable: " + ", ".join(f"{n} {s}" for s, n in unscorable.most_common()))
-    n_trunc = int(np.sum(table["truncated"]))
-    if n_trunc:
-        lines.append(f"truncated at max_length={table.info.get('max_length')}: {n_trunc} records (flagged)")
-    return lines
+from .report import lark_json, manifest_path, report_issues, selection_summary, summarize_scores, versions
 
 
 def cmd_score(args) -> int:
@@ -82,7 +35,7 @@ def _score(args, shard, device, template) -> int:
     import shutil
 
     from .models import load_student
-    from .scorer import score
+    from .scoring import score
     from .table import write_json
 
     model, tokenizer = load_student(args.model, device, args.dtype)
@@ -128,28 +81,21 @@ def sketch_layers(value: str):
     return int(value) if value.isdigit() else value
 
 
-def lark_json(table) -> dict:
-    """The published scorer's layout: problem_id -> candidates with their energy and components."""
-    out: dict = {}
-    top = next((c for c in table.column_names if c.startswith("brier_top")), None)
-    for r in table.rows():
-        cand = {"candidate_id": r["candidate_id"], "teacher": r["teacher"], "energy": r["g_hat"], "loss": r["L"],
-                "brier": r["brier"], "rho": r["rho"], "n_tokens": r["n_tokens"], "truncated": r["truncated"],
-                "status": r["status"]}
-        if top:
-            cand[top] = r[top]
-        out.setdefault(r["problem_id"], []).append(cand)
-    return out
+
 
 
 def cmd_select(args) -> int:
     from .methods import method
-    from .select import select, selection_summary, write_train_set
+    from .select import select, write_train_set
     from .table import ScoreTable, write_json
 
+    if args.method is not None:
+        print("lark-fast select: --method is deprecated, use --rule ('method' now means a selection proxy, "
+              "as in --by)", file=sys.stderr)
+        args.rule = args.method
     table = ScoreTable.read(args.scores)
     column = args.score_column or method(args.by).column
-    weights = select(table, B=args.B, method=args.method, by=args.by, score_column=args.score_column, tau=args.tau,
+    weights = select(table, B=args.B, rule=args.rule, by=args.by, score_column=args.score_column, tau=args.tau,
                      radius=args.radius, cap=args.cap, group_cap=args.group_cap)
     counts = write_train_set(args.input, table, weights, args.output, score_column=column, on_error=args.on_error)
     report_issues(counts["issues"])
@@ -157,7 +103,7 @@ def cmd_select(args) -> int:
     man = manifest_path(args.output)
     write_json(man, {
         "command": "select", "scores": str(args.scores), "input": str(args.input), "output": str(args.output),
-        "method": args.method, "B": args.B, "by": args.by, "score_column": column, "tau": args.tau,
+        "rule": args.rule, "B": args.B, "by": args.by, "score_column": column, "tau": args.tau,
         "radius": args.radius, "cap": args.cap, "group_cap": args.group_cap,
         "counts": {**summary["counts"], "written": counts["written"], "pool_records": counts["pool_records"],
                    "pool_records_not_in_scores": counts["pool_records_not_in_scores"]},
@@ -166,7 +112,7 @@ def cmd_select(args) -> int:
     c = summary["counts"]
     print(f"selected {counts['written']} trajectories for {c['problems']} problems (B={args.B}); "
           f"{c['problems_with_fewer_than_B_valid']} problems had fewer than B valid candidates")
-    if args.method == "lark" and c["selected_with_zero_weight"]:
+    if args.rule == "lark" and c["selected_with_zero_weight"]:
         print(f"{c['selected_with_zero_weight']} top-B candidates tied with the threshold got weight 0 "
               "and were left out")
     print(f"wrote {args.output}, {man}")
@@ -181,9 +127,9 @@ def cmd_methods(args) -> int:
 
 
 def cmd_bench_proxies(args) -> int:
-    from .bench import run_proxies
-    from .demo import champ_pool
+    from .champ import champ_pool
     from .models import load_student
+    from .proxy_bench import run_proxies
     from .table import write_jsonl
 
     pool = args.input
@@ -211,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lark-fast", description="LARK trajectory selection: score a candidate pool "
                                 "with a student model, then select weighted training trajectories.")
     from . import __version__
+    from .ops import BACKENDS
+    from .select import RULES
     p.add_argument("--version", action="version", version=f"lark_fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -227,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("score", help="score every trajectory of a pool with the student")
     s.add_argument("--model", required=True, help="model directory, .gguf file, or installed package shipping one")
-    s.add_argument("--input", required=True, help="pool (.jsonl, .jsonl.gz or .parquet; SPEC §7)")
+    s.add_argument("--input", required=True, help="pool (.jsonl, .jsonl.gz or .parquet; docs/method.md §7)")
     s.add_argument("--output", required=True, help="score table (.parquet or .jsonl)")
     model_flags(s)
     s.add_argument("--topk", type=int, default=50, help="K of the published top-K Brier column (0 = off)")
@@ -244,11 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="discard parts of an earlier run instead of resuming")
     s.add_argument("--keep-parts", action="store_true", help="keep <output>.parts/ after the final table is written")
     s.add_argument("--no-packing", action="store_true", help="right-padded batches instead of packed rows")
-    s.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
-                   help="LM-head statistics: auto (default; Triton on CUDA, torch on CPU), torch or triton "
-                        "(also $LARK_FAST_BACKEND)")
+    s.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="LM-head statistics: auto (default; Triton on CUDA, torch on CPU), " + ", ".join(BACKENDS[1:])
+                        + " (also $LARK_FAST_BACKEND)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = s.add_argument_group("gradient sketches (SPEC §4)")
+    g = s.add_argument_group("gradient sketches (docs/method.md §4)")
     g.add_argument("--sketch-dim", type=int, default=None, metavar="K",
                    help="add grad_norm_sq, rho_grad, kappa and g_hat_grad from K x K Kronecker sketches per layer of "
                         "each trajectory's gradient (one activation-gradient backward per batch)")
@@ -268,15 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="the pool that was scored")
     s.add_argument("--B", type=int, default=3, help="candidates kept per problem (default 3)")
     s.add_argument("--output", required=True, help="training set (.jsonl, published schema)")
-    s.add_argument("--method", default="lark", choices=("lark", "chi2", "chi2_global"),
-                   help="lark (default): top-B rule; chi2: χ² weights per problem; chi2_global: one χ² budget "
-                   "over all problems (SPEC §5)")
+    s.add_argument("--rule", default="lark", choices=RULES,
+                   help="selection rule. lark (default): top-B rule; chi2: χ² weights per problem; chi2_global: "
+                        "one χ² budget over all problems (docs/method.md §5)")
+    s.add_argument("--method", default=None, choices=RULES, help=argparse.SUPPRESS)  # deprecated spelling of --rule
     s.add_argument("--tau", type=float, default=None, help="chi2*: penalty τ > 0 (give --tau or --radius)")
     s.add_argument("--radius", type=float, default=None, help="chi2*: χ² radius r >= 0 around the reference")
     s.add_argument("--cap", type=float, default=None, help="chi2*: largest weight of one candidate")
     s.add_argument("--group-cap", type=float, default=None,
                    help="chi2_global: largest total weight of one problem (a problem averages 1)")
-    s.add_argument("--by", default="lark", choices=sorted(METHODS),
+    s.add_argument("--by", default="lark", choices=list(METHODS),
                    help="selection proxy to rank by, in its own direction (default lark = g_hat); "
                         "see `lark-fast methods`")
     s.add_argument("--score-column", default=None, help="rank by this column instead, higher is better")

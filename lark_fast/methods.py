@@ -1,23 +1,48 @@
-"""Selection proxies: what each one computes, which direction is better, and what it costs.
+"""Selection proxies ("methods"): what each one computes, which direction is better, what it costs, and
+how its column is computed. This registry is the one place a proxy is defined: the scoring run asks
+each requested method for its extra forwards, and builds each method's column with its ``compute``.
 
-Single-pass methods come out of the one fused LM-head pass that computes LARK's statistics (plus the
-top-K logits for ``topk_entropy``); ``length`` and ``random`` need no model; ``ifd`` and
-``local_naturalness`` need forwards of their own; ``lark_grad`` and ``rho_grad`` need the gradient
-sketches (one activation-gradient backward, ``score(..., sketch_dim=k)``). Every method is a column of the score table;
-``select(..., by=name)`` ranks by it in its own direction (lower-is-better scores are negated), so
-picking "the top B" never picks the worst RSR trajectories.
+Single-pass methods (``cost=FUSED``) come out of the one fused LM-head pass that computes LARK's
+statistics (plus the top-K logits for ``topk_entropy``); ``length`` and ``random`` need no model;
+``ifd`` and ``local_naturalness`` need forwards of their own (``forwards``: their nll and token
+counts arrive summed per record as ``<name>_nll`` and ``<name>_n``); ``lark_grad`` and ``rho_grad``
+need the gradient sketches (one activation-gradient backward, ``score(..., sketch_dim=k)``). Every
+method is a column of the score table; ``select(..., by=name)`` ranks by it in its own direction
+(lower-is-better scores are negated), so picking "the top B" never picks the worst RSR trajectories.
+See docs/method.md §9.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
 from .chat import OK, Tokenized
+from .scores import lark_energy
 
 FUSED, FREE, EXTRA, SKETCH = "fused pass", "no model", "extra forwards", "gradient sketch"
+
+
+@dataclass
+class RunSums:
+    """What a method's ``compute`` reads: the per-record sums of a scoring run (``lark_fast.columns``),
+    the per-trajectory means of ``scores.trajectory_scores`` (L, brier, rho, entropy, rsr), which rows are
+    scored (``ok``), the run's top-K and random seed."""
+
+    sums: dict
+    means: dict
+    ok: np.ndarray
+    topk: int = 0
+    random_seed: int = 0
+
+    def mean(self, total: str, count: str) -> np.ndarray:
+        """sums[total] / sums[count] on scored rows with count > 0, NaN elsewhere."""
+        n = self.sums[count]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.ok & (n > 0), self.sums[total] / n, np.nan)
 
 
 @dataclass(frozen=True)
@@ -28,45 +53,13 @@ class Method:
     cost: str
     passes: str  # model passes per trajectory
     definition: str
+    # the column from a run's sums (None: the column is made elsewhere, e.g. n_tokens or the sketch columns)
+    compute: Optional[Callable[[RunSums], Optional[np.ndarray]]] = None
+    # EXTRA methods: (chat tokenizer, messages, the record's Tokenized) -> the Tokenized forwards to score
+    forwards: Optional[Callable] = None
 
 
-METHODS = {m.name: m for m in [
-    Method("lark", "g_hat", +1, FUSED, "1", "LARK score: d rho(q)/d q_k at the uniform mixture, per problem (SPEC §3)"),
-    Method("rho", "rho", +1, FUSED, "1", "learnability: mean exact Brier / mean nll"),
-    Method("global_naturalness", "global_naturalness", +1, FUSED, "1", "-L, minus the mean nll of the trajectory"),
-    Method("rsr", "rsr", -1, FUSED, "1", "rank-surprisal ratio: sum min(rank, 100) / sum nll (arXiv 2601.14249)"),
-    Method("entropy", "entropy", -1, FUSED, "1", "mean predictive entropy of the student over the trajectory"),
-    Method("topk_entropy", "topk_entropy", -1, FUSED, "1",
-           "mean entropy of the student's softmax renormalised over its K largest logits (--topk, default 50)"),
-    Method("length", "n_tokens", +1, FREE, "0", "number of scored (assistant) tokens"),
-    Method("random", "random", +1, FREE, "0", "seeded uniform random number per (problem_id, candidate_id)"),
-    Method("ifd", "ifd", +1, EXTRA, "1 more",
-           "instruction-following difficulty: mean nll of the answer given the prompt / given only the assistant "
-           "header (the chat template's generation prompt)"),
-    Method("local_naturalness", "local_naturalness", +1, EXTRA, "about 1 + 4 per step",
-           "minus the mean nll of the answer's tokens when each step (split on blank lines) sees only the prompt "
-           "and its 4 previous steps"),
-    Method("lark_grad", "g_hat_grad", +1, SKETCH, "1 + backward",
-           "gradient-aware LARK score: d rho_G(q)/d q_k at the uniform mixture, from the Gram matrix of the "
-           "candidates' gradient sketches instead of orthogonal gradients (SPEC §4)"),
-    Method("rho_grad", "rho_grad", +1, SKETCH, "1 + backward",
-           "parameter-level learnability: sketched ||grad_theta L||^2 / L (the loss's decay rate under gradient flow)"),
-]}
 STEP_CONTEXT = 4
-
-
-def method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def ranking_score(table, name: str) -> np.ndarray:
-    """The method's column oriented so that higher is better (NaN where missing)."""
-    m = method(name)
-    if m.column not in table:
-        raise ValueError(f"the score table has no {m.column!r} column; score with --methods {name}")
-    return m.direction * np.asarray(table[m.column], dtype=np.float64)
 
 
 def random_scores(problem_ids, candidate_ids, seed: int = 0) -> np.ndarray:
@@ -133,3 +126,62 @@ def step_windows(chat, messages, full: Tokenized) -> list:
 
 def is_ok(t: Tokenized) -> bool:
     return t.status == OK and t.n_scored > 0
+
+
+def _ifd(r: RunSums) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return r.means["L"] / r.mean("ifd_nll", "ifd_n")
+
+
+def _topk_entropy(r: RunSums) -> Optional[np.ndarray]:
+    return r.mean("entropy_topk", "n_tokens") if r.topk else None
+
+
+METHODS = {m.name: m for m in [
+    Method("rho", "rho", +1, FUSED, "1", "learnability: mean exact Brier / mean nll", lambda r: r.means["rho"]),
+    Method("lark", "g_hat", +1, FUSED, "1", "LARK score: d rho(q)/d q_k at the uniform mixture, per problem "
+           "(docs/method.md §3.5)", lambda r: lark_energy(r.sums["problem_id"], r.means["L"], r.means["brier"], r.ok)),
+    Method("entropy", "entropy", -1, FUSED, "1", "mean predictive entropy of the student over the trajectory",
+           lambda r: r.means["entropy"]),
+    Method("rsr", "rsr", -1, FUSED, "1", "rank-surprisal ratio: sum min(rank, 100) / sum nll (arXiv 2601.14249)",
+           lambda r: r.means["rsr"]),
+    Method("global_naturalness", "global_naturalness", +1, FUSED, "1", "-L, minus the mean nll of the trajectory",
+           lambda r: -r.means["L"]),
+    Method("brier", "brier", +1, FUSED, "1", "mean exact Brier ||p - e_y||^2, the squared logit-gradient norm: "
+           "how much signal a step on the trajectory gets", lambda r: r.means["brier"]),
+    Method("topk_entropy", "topk_entropy", -1, FUSED, "1",
+           "mean entropy of the student's softmax renormalised over its K largest logits (--topk, default 50)",
+           _topk_entropy),
+    Method("length", "n_tokens", +1, FREE, "0", "number of scored (assistant) tokens"),
+    Method("random", "random", +1, FREE, "0", "seeded uniform random number per (problem_id, candidate_id)",
+           lambda r: random_scores(r.sums["problem_id"], r.sums["candidate_id"], r.random_seed)),
+    Method("ifd", "ifd", +1, EXTRA, "1 more",
+           "instruction-following difficulty: mean nll of the answer given the prompt / given only the assistant "
+           "header (the chat template's generation prompt)", _ifd,
+           lambda chat, messages, tok: [answer_only(chat, messages, tok)]),
+    Method("local_naturalness", "local_naturalness", +1, EXTRA, "about 1 + 4 per step",
+           "minus the mean nll of the answer's tokens when each step (split on blank lines) sees only the prompt "
+           "and its 4 previous steps", lambda r: -r.mean("local_naturalness_nll", "local_naturalness_n"),
+           step_windows),
+    Method("lark_grad", "g_hat_grad", +1, SKETCH, "1 + backward",
+           "gradient-aware LARK score: d rho_G(q)/d q_k at the uniform mixture, from the Gram matrix of the "
+           "candidates' gradient sketches instead of orthogonal gradients (docs/method.md §4.5)"),
+    Method("rho_grad", "rho_grad", +1, SKETCH, "1 + backward",
+           "parameter-level learnability: sketched ||grad_theta L||^2 / L (the loss's decay rate under gradient flow)"),
+]}
+# per-record sums of the extra forwards: <name>_nll and <name>_n
+EXTRA_SUMS = tuple(f"{m.name}_{s}" for m in METHODS.values() if m.forwards is not None for s in ("nll", "n"))
+
+
+def method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def ranking_score(table, name: str) -> np.ndarray:
+    """The method's column oriented so that higher is better (NaN where missing)."""
+    m = method(name)
+    if m.column not in table:
+        raise ValueError(f"the score table has no {m.column!r} column; score with --methods {name}")
+    return m.direction * np.asarray(table[m.column], dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Reading and validating a candidate pool (SPEC §7).
+"""Reading and validating a candidate pool (docs/method.md §7).
 
 One record per JSONL line (or Parquet row): ``{"problem_id", "candidate_id", "teacher",
 "messages": [{"role", "content"}, ...]}`` with an optional system turn, at least one user turn and
@@ -61,17 +61,19 @@ class Record:
 
 def _check_id(obj: dict, name: str) -> str:
     if name not in obj:
-        raise _Bad(name, "missing")
+        raise RecordError(name, "missing")
     v = obj[name]
     if isinstance(v, bool) or not isinstance(v, (str, int)):
-        raise _Bad(name, f"expected a string or integer, got {_type(v)}")
+        raise RecordError(name, f"expected a string or integer, got {_type(v)}")
     v = str(v)
     if not v.strip():
-        raise _Bad(name, "empty")
+        raise RecordError(name, "empty")
     return v
 
 
-class _Bad(Exception):
+class RecordError(Exception):
+    """A record that fails validation: ``field`` (None for the record as a whole) and ``reason``."""
+
     def __init__(self, field_name: Optional[str], reason: str):
         super().__init__(reason)
         self.field = field_name
@@ -83,41 +85,41 @@ def _type(v: Any) -> str:
 
 
 def parse_record(obj: Any, line: int = 0) -> Record:
-    """Validates one decoded record; raises ``_Bad(field, reason)``."""
+    """Validates one decoded record; raises ``RecordError(field, reason)``."""
     if not isinstance(obj, dict):
-        raise _Bad(None, f"expected a JSON object, got {_type(obj)}")
+        raise RecordError(None, f"expected a JSON object, got {_type(obj)}")
     problem_id = _check_id(obj, "problem_id")
     candidate_id = _check_id(obj, "candidate_id")
     if "teacher" not in obj:
-        raise _Bad("teacher", "missing")
+        raise RecordError("teacher", "missing")
     if not isinstance(obj["teacher"], str):
-        raise _Bad("teacher", f"expected a string, got {_type(obj['teacher'])}")
+        raise RecordError("teacher", f"expected a string, got {_type(obj['teacher'])}")
     if "messages" not in obj:
-        raise _Bad("messages", "missing")
+        raise RecordError("messages", "missing")
     messages = obj["messages"]
     if not isinstance(messages, list):
-        raise _Bad("messages", f"expected a list of {{role, content}} objects, got {_type(messages)}")
+        raise RecordError("messages", f"expected a list of {{role, content}} objects, got {_type(messages)}")
     if not messages:
-        raise _Bad("messages", "empty list")
+        raise RecordError("messages", "empty list")
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise _Bad(f"messages[{i}]", f"expected an object with role and content, got {_type(m)}")
+            raise RecordError(f"messages[{i}]", f"expected an object with role and content, got {_type(m)}")
         for key in ("role", "content"):
             if key not in m:
-                raise _Bad(f"messages[{i}].{key}", "missing")
+                raise RecordError(f"messages[{i}].{key}", "missing")
             if not isinstance(m[key], str):
-                raise _Bad(f"messages[{i}].{key}", f"expected a string, got {_type(m[key])}")
+                raise RecordError(f"messages[{i}].{key}", f"expected a string, got {_type(m[key])}")
         if m["role"] not in ROLES:
-            raise _Bad(f"messages[{i}].role", f"expected one of {', '.join(ROLES)}, got {m['role']!r}")
+            raise RecordError(f"messages[{i}].role", f"expected one of {', '.join(ROLES)}, got {m['role']!r}")
         clean.append({"role": m["role"], "content": m["content"]})
     roles = [m["role"] for m in clean]
     if "user" not in roles:
-        raise _Bad("messages", "no user turn")
+        raise RecordError("messages", "no user turn")
     if "assistant" not in roles:
-        raise _Bad("messages", "no assistant turn")
+        raise RecordError("messages", "no assistant turn")
     if roles[-1] != "assistant":
-        raise _Bad(f"messages[{len(roles) - 1}].role",
+        raise RecordError(f"messages[{len(roles) - 1}].role",
                    f"the last turn must be the assistant turn to score, got {roles[-1]!r}")
     extra = {k: v for k, v in obj.items() if k not in ("problem_id", "candidate_id", "teacher", "messages")}
     return Record(problem_id, candidate_id, obj["teacher"], clean, line, extra)
@@ -161,17 +163,17 @@ class PoolReader:
 
     def __iter__(self) -> Iterator[Record]:
         seen: dict = {}
-        for line, obj in self._raw():
+        for line, obj in self.rows():
             try:
-                if isinstance(obj, _Bad):
+                if isinstance(obj, RecordError):
                     raise obj
                 rec = parse_record(obj, line)
                 first = seen.get(rec.key)
                 if first is not None:
-                    raise _Bad(None, f"duplicate (problem_id, candidate_id) = ({rec.problem_id!r}, "
+                    raise RecordError(None, f"duplicate (problem_id, candidate_id) = ({rec.problem_id!r}, "
                                      f"{rec.candidate_id!r}); first seen at {self.unit} {first}")
                 seen[rec.key] = line
-            except _Bad as bad:
+            except RecordError as bad:
                 issue = PoolIssue(self.name, line, bad.field, bad.reason, self.unit)
                 if self.on_error == "fail":
                     raise PoolError(issue) from None
@@ -180,7 +182,9 @@ class PoolReader:
             self.n_valid += 1
             yield rec
 
-    def _raw(self) -> Iterator[tuple]:
+    def rows(self) -> Iterator[tuple]:
+        """(line or row, decoded object) of every non-blank line / row, unvalidated; a line that cannot be
+        decoded comes as a ``RecordError`` in place of the object."""
         if self.format == "records":
             for i, obj in enumerate(self.source, start=1):
                 yield i, obj
@@ -199,9 +203,9 @@ class PoolReader:
                     try:
                         yield line, json.loads(raw.decode("utf-8").rstrip("\r\n"))
                     except UnicodeDecodeError as e:
-                        yield line, _Bad(None, f"not valid UTF-8 ({e.reason} at byte {e.start})")
+                        yield line, RecordError(None, f"not valid UTF-8 ({e.reason} at byte {e.start})")
                     except json.JSONDecodeError as e:
-                        yield line, _Bad(None, f"invalid JSON: {e.msg} (column {e.colno})")
+                        yield line, RecordError(None, f"invalid JSON: {e.msg} (column {e.colno})")
 
 
 def pool_format(path: Union[str, os.PathLike]) -> str:

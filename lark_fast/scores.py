@@ -1,4 +1,4 @@
-"""Per-trajectory and per-problem scores from per-token sums (SPEC §3). All float64.
+"""Per-trajectory and per-problem scores from per-token sums (docs/method.md §3). All float64.
 
 Per trajectory k (means over its scored tokens), with directions:
     L_k      = mean nll                       lower: the student already predicts it
@@ -10,7 +10,7 @@ Per problem, over its valid candidates, the LARK score ("energy", higher is bett
     g_hat_k  = (L_k / sum L) (2 rho_k - sum brier / sum L) = (2 brier_k sum L - sum brier L_k) / (sum L)^2
 which is d rho(q) / d q_k at q = 1/K for rho(q) = sum q_k^2 brier_k / sum q_k L_k.
 
-Gradient-aware (SPEC §4), from the Gram matrix G_jk ~ <grad L_j, grad L_k> of a problem's candidates
+Gradient-aware (docs/method.md §4), from the Gram matrix G_jk ~ <grad L_j, grad L_k> of a problem's candidates
 (gradient sketches of each trajectory's mean nll; G = diag(brier) gives g_hat back):
     g_hat_grad_k = (2 (G 1)_k sum L - (1' G 1) L_k) / (sum L)^2   = d rho_G(q) / d q_k at q = 1/K,
     rho_G(q) = q' G q / q' L                                      higher is better
@@ -19,6 +19,8 @@ Gradient-aware (SPEC §4), from the Gram matrix G_jk ~ <grad L_j, grad L_k> of a
 from __future__ import annotations
 
 import numpy as np
+
+from .groups import group_offsets
 
 L_FLOOR = 1e-30
 
@@ -51,8 +53,6 @@ def lark_energy(problem_ids, L, brier, valid) -> np.ndarray:
     A problem whose valid candidates all have L = 0 (sum L <= 1e-30) has no learnability signal:
     its g_hat is 0.
     """
-    from .solver import group_offsets
-
     L = np.asarray(L, dtype=np.float64)
     brier = np.asarray(brier, dtype=np.float64)
     valid = np.asarray(valid, dtype=bool) & np.isfinite(L) & np.isfinite(brier)
@@ -86,8 +86,6 @@ def gradient_energy(L, gram) -> np.ndarray:
 def lark_energy_grad(problem_ids, L, valid, gram_of) -> np.ndarray:
     """g_hat_grad per trajectory, per problem over its valid candidates; NaN for invalid ones.
     ``gram_of(indices)`` returns the Gram matrix of those trajectories' gradients."""
-    from .solver import group_offsets
-
     L = np.asarray(L, dtype=np.float64)
     valid = np.asarray(valid, dtype=bool) & np.isfinite(L)
     g = np.full(len(L), np.nan)

@@ -1,21 +1,27 @@
-"""Selection front-end: per-trajectory weights from a score table (SPEC §5), and the training set
-in the published schema (SPEC §6).
+"""Selection front-end: per-trajectory weights from a score table by a selection rule (docs/method.md
+§5), and the training set in the published schema (docs/method.md §6.5).
+
+Words: a *method* is a selection proxy (``lark_fast.methods``: the score a candidate is ranked by,
+``by=``); a *rule* turns those scores into weights (``rule=``: ``lark``, ``chi2``, ``chi2_global``).
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
 
 from . import solver
+from .groups import group_offsets
 from .methods import ranking_score
 from .table import ScoreTable, atomic_write
 
-METHODS = ("lark", "chi2", "chi2_global")
+RULES = ("lark", "chi2", "chi2_global")
 
 
-def _table(scores) -> ScoreTable:
+def as_table(scores) -> ScoreTable:
+    """A ScoreTable from a ScoreTable, a path, a pandas DataFrame or a dict of columns."""
     if isinstance(scores, ScoreTable):
         return scores
     if isinstance(scores, (str, os.PathLike)):
@@ -27,8 +33,8 @@ def _table(scores) -> ScoreTable:
     raise TypeError(f"scores: expected a ScoreTable, a path or a dict of columns, got {type(scores).__name__}")
 
 
-def select(scores, *, B: int = 3, method: str = "lark", by: str = "lark", score_column: Optional[str] = None,
-           tau=None, radius=None, cap=None, group_cap=None) -> np.ndarray:
+def select(scores, *, B: int = 3, rule: str = "lark", by: str = "lark", score_column: Optional[str] = None,
+           tau=None, radius=None, cap=None, group_cap=None, method: Optional[str] = None) -> np.ndarray:
     """Per-trajectory weights aligned with the rows of ``scores`` (0 = not selected).
 
     The score ranked on is the selection proxy ``by`` (a name of ``lark_fast.methods.METHODS``:
@@ -36,24 +42,30 @@ def select(scores, *, B: int = 3, method: str = "lark", by: str = "lark", score_
     proxies select their lowest values; or, with ``score_column``, any column taken as
     higher-is-better.
 
-    ``method="lark"``: per problem, the top-B candidates by that score, weighted by their margin over
-    the first excluded one (SPEC §5). Rows whose status is not ``ok`` or whose score is NaN are never
-    selected while a valid candidate remains; a problem with fewer than B valid candidates keeps all
-    of them.
+    ``rule="lark"``: per problem, the top-B candidates by that score, weighted by their margin over
+    the first excluded one (docs/method.md §5.3). Rows whose status is not ``ok`` or whose score is NaN
+    are never selected while a valid candidate remains; a problem with fewer than B valid candidates
+    keeps all of them.
 
-    ``method="chi2"``: per problem, the χ²-regularised weights of `solver.chi2_weights` with exactly
+    ``rule="chi2"``: per problem, the χ²-regularised weights of `solver.chi2_weights` with exactly
     one of ``tau`` (penalised) or ``radius`` (constrained), and optional item ``cap``; each problem's
-    weights sum to 1. ``method="chi2_global"``: one budget over all problems (`solver.chi2_global`),
+    weights sum to 1. ``rule="chi2_global"``: one budget over all problems (`solver.chi2_global`),
     scaled so the weights sum to the number of problems (a problem averages 1, as with the other
-    methods); ``cap`` (per candidate) and ``group_cap`` (per problem) are in those units.
+    rules); ``cap`` (per candidate) and ``group_cap`` (per problem) are in those units.
+
+    ``method``: the former name of ``rule`` (deprecated: "method" now means a selection proxy).
     """
-    if method not in METHODS:
-        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
-    if method == "lark" and any(v is not None for v in (tau, radius, cap, group_cap)):
-        raise ValueError("tau, radius, cap, group_cap: only for method='chi2' or 'chi2_global'")
-    if method == "chi2" and group_cap is not None:
-        raise ValueError("group_cap: only for method='chi2_global' (with 'chi2' every problem sums to 1)")
-    table = _table(scores)
+    if method is not None:
+        warnings.warn("select(method=...) is deprecated: the selection rule is now rule=...; "
+                      "'method' names a selection proxy (by=...)", DeprecationWarning, stacklevel=2)
+        rule = method
+    if rule not in RULES:
+        raise ValueError(f"rule: expected one of {RULES}, got {rule!r}")
+    if rule == "lark" and any(v is not None for v in (tau, radius, cap, group_cap)):
+        raise ValueError("tau, radius, cap, group_cap: only for rule='chi2' or 'chi2_global'")
+    if rule == "chi2" and group_cap is not None:
+        raise ValueError("group_cap: only for rule='chi2_global' (with 'chi2' every problem sums to 1)")
+    table = as_table(scores)
     for col in ("problem_id",) + ((score_column,) if score_column else ()):
         if col not in table:
             raise ValueError(f"scores: no column {col!r}; columns: {', '.join(table.column_names)}")
@@ -61,11 +73,11 @@ def select(scores, *, B: int = 3, method: str = "lark", by: str = "lark", score_
               else ranking_score(table, by))
     if "status" in table:
         energy[table["status"] != "ok"] = np.nan
-    order, offsets = solver.group_offsets(table["problem_id"])
+    order, offsets = group_offsets(table["problem_id"])
     weights = np.zeros(len(energy))
-    if method == "lark":
+    if rule == "lark":
         weights[order] = solver.lark_weights(energy[order], offsets, B)
-    elif method == "chi2":
+    elif rule == "chi2":
         weights[order] = solver.chi2_weights(energy[order], offsets, tau=tau, radius=radius, cap=cap)
     else:
         g = len(offsets) - 1
@@ -109,22 +121,3 @@ def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[
                              f"{reader.name}; was the table made from another pool?")
     return {"written": written, "pool_records": reader.n_valid, "pool_records_not_in_scores": unscored,
             "issues": reader.issues}
-
-
-def selection_summary(scores, weights: np.ndarray, B: int, score_column: str = "g_hat") -> dict:
-    """Counts of a selection: problems, valid and selected candidates, problems short of B valid
-    candidates, and top-B candidates that got weight 0 (tied with the threshold)."""
-    table = _table(scores)
-    valid = np.isfinite(np.asarray(table[score_column], dtype=np.float64))
-    if "status" in table:
-        valid &= table["status"] == "ok"
-    order, offsets = solver.group_offsets(table["problem_id"])
-    n_valid = np.add.reduceat(valid[order], offsets[:-1]) if len(order) else np.zeros(0, np.int64)
-    n_pos = np.add.reduceat(weights[order] > 0, offsets[:-1]) if len(order) else np.zeros(0, np.int64)
-    firsts = table["problem_id"][order[offsets[:-1]]] if len(order) else np.zeros(0, object)
-    return {"counts": {"problems": len(offsets) - 1, "candidates": len(table), "valid_candidates": int(valid.sum()),
-                       "selected": int(n_pos.sum()),
-                       "selected_with_zero_weight": int((np.minimum(n_valid, B) - n_pos).sum()),
-                       "problems_with_fewer_than_B_valid": int((n_valid < B).sum()),
-                       "problems_without_valid_candidates": int((n_valid == 0).sum())},
-            "problems_with_fewer_than_B_valid": firsts[n_valid < B].tolist()}

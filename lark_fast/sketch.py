@@ -1,4 +1,4 @@
-"""Per-trajectory gradient sketches from one forward and one activation-gradient backward (SPEC §4).
+"""Per-trajectory gradient sketches from one forward and one activation-gradient backward (docs/method.md §4).
 
 For a layer whose weight multiplies its input x (nn.Linear: y = W x + b), a trajectory's weight
 gradient is G_k = Σ_{t ∈ k} δ_t x̃_tᵀ with δ_t = ∂ℓ_k/∂y_t and x̃_t = [x_t; 1] when the layer has a
@@ -11,7 +11,7 @@ sketches' inner products are unbiased for the gradients'). Inputs are projected 
 output gradients in a hook on the layer's output, and only the projected [tokens, k] vectors are
 multiplied, per trajectory, by a thin padded bmm: no per-token outer product exists.
 
-Loss: ℓ_k is trajectory k's mean nll over its scored tokens (L_k of SPEC §3). One backward of
+Loss: ℓ_k is trajectory k's mean nll over its scored tokens (L_k of docs/method.md §3). One backward of
 Σ_t nll_t gives every trajectory's own δ_t at once, because packed trajectories never attend to each
 other; the parameters are frozen during it (no weight gradient is ever formed). Token weights are
 1 in the backward (fp16 activation gradients keep their range, as with loss scaling) and the caller

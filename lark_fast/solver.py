@@ -1,4 +1,4 @@
-"""Python face of the C++ selection solvers (`lark_fast._C`). SPEC §5 states the math.
+"""Python face of the C++ selection solvers (`lark_fast._C`). docs/method.md §5 states the math.
 
 Every function takes flat arrays, grouped by offsets where groups matter: group g holds items
 ``offsets[g]:offsets[g+1]``. float32 and float64 energies and reference masses are read in place;
@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C
+from .groups import group_offsets  # noqa: F401  (part of this API: offsets for the solvers)
 
 __all__ = ["lark_weights", "chi2_weights", "chi2_global", "chi2_path", "group_offsets", "simd"]
 
@@ -65,7 +66,7 @@ def _as_number(name: str, value):
 def lark_weights(energies, offsets, B: int, *, out=None) -> np.ndarray:
     """The published LARK rule per group: top-B by energy, weights proportional to e_k - e_(B+1).
 
-    NaN and -inf energies are never selected while a valid item remains; see SPEC §5 for the
+    NaN and -inf energies are never selected while a valid item remains; see docs/method.md §5 for the
     compatibility edge cases. Returns float64 weights [N] summing to 1 over each group that has a
     valid item (0 elsewhere; B/#valid-free corner cases follow the published code).
     ``out``: an existing float64 contiguous array of length N to write the weights into (every
@@ -77,7 +78,7 @@ def lark_weights(energies, offsets, B: int, *, out=None) -> np.ndarray:
 
 
 def chi2_weights(energies, offsets, *, tau=None, radius=None, ref=None, cap=None) -> np.ndarray:
-    """χ²-regularised weights per group, each group's weights a distribution (SPEC §5).
+    """χ²-regularised weights per group, each group's weights a distribution (docs/method.md §5).
 
     Penalised (``tau``): max ⟨q, e⟩ − τ D(q‖p), so q_k = min(c, p_k (e_k − ν)₊ / (2τ)) with ν
     setting Σq = 1. Constrained (``radius``): max ⟨q, e⟩ s.t. D(q‖p) ≤ r. A group with no valid
@@ -113,19 +114,3 @@ def chi2_path(energies, offsets, *, ref=None) -> np.ndarray:
     with budget B wherever the B-th and (B+1)-th energies differ.
     """
     return _C.chi2_path(_as_floats(energies), _as_offsets(offsets), ref=_as_ref(ref))
-
-
-def group_offsets(keys) -> tuple[np.ndarray, np.ndarray]:
-    """Group items by key, keeping first-appearance order of groups and item order inside a group.
-
-    Returns ``(order, offsets)``: ``values[order]`` is grouped, group g being
-    ``offsets[g]:offsets[g+1]`` of the reordered array.
-    """
-    keys = np.asarray(keys, dtype=object)
-    first: dict = {}
-    gid = np.fromiter((first.setdefault(k, len(first)) for k in keys), dtype=np.int64, count=len(keys))
-    order = np.argsort(gid, kind="stable")
-    counts = np.bincount(gid, minlength=len(first))
-    offsets = np.zeros(len(first) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return order, offsets

@@ -1,4 +1,4 @@
-"""Independent numpy oracles for the selection solvers (SPEC §5), written from the math, not the C++.
+"""Independent numpy oracles for the selection solvers (docs/method.md §5), written from the math, not the C++.
 
 The C++ finds thresholds by safeguarded Newton on class sums; these find them by enumerating every
 breakpoint of the piecewise-linear mass function (exact, O(K²)) or by plain bisection, and treat the

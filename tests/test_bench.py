@@ -3,10 +3,10 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import tiny_llama
+from helpers import tiny_llama
 from scipy.stats import spearmanr
 
-from lark_fast.bench import run_proxies, spearman_within_problems, topb_overlap
+from lark_fast.proxy_bench import run_proxies, spearman_within_problems, topb_overlap
 from lark_fast.methods import METHODS, SKETCH
 
 

@@ -1,9 +1,9 @@
-"""Chat-template token ids and the scored assistant span (SPEC §3), on several templates."""
+"""Chat-template token ids and the scored assistant span (docs/method.md §3), on several templates."""
 import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import byte_tokenizer
+from helpers import byte_tokenizer
 
 from lark_fast import chat
 from lark_fast.chat import ChatTokenizer

@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_records
+from helpers import make_records
 
 from lark_fast.cli import main
 from lark_fast.table import ScoreTable

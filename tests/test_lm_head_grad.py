@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lark_fast import ops
+from lark_fast.kernels.backend import INTERPRET
 from lark_fast.kernels.lm_head_backward import (lm_head_backward_naive, lm_head_backward_torch,
                                                 lm_head_backward_triton, output_grad_chunks)
 from lark_fast.kernels.lm_head_stats import lm_head_stats_torch
@@ -56,9 +57,12 @@ def test_backward_is_batch_invariant_and_deterministic():
     h, w, b, y, g = case(n=40)
     lse = lm_head_stats_torch(h, w, y, bias=b).lse
     cfg = Config(block_n=16, block_v=64, block_d=16, num_warps=1, num_stages=1)
+    # Compiled, any rows must give the same bits. The interpreter's tl.dot is numpy's matmul, whose BLAS
+    # rounds a row by its place in the block (edge kernels): there the rows keep their block positions.
+    lo, hi = (16, 32) if INTERPRET else (7, 30)
     full = lm_head_backward_triton(h, w, y, lse, g, bias=b, config=cfg)
-    part = lm_head_backward_triton(h[7:30], w, y[7:30], lse[7:30], g[7:30], bias=b, config=cfg)
-    assert torch.equal(full[7:30], part)
+    part = lm_head_backward_triton(h[lo:hi], w, y[lo:hi], lse[lo:hi], g[lo:hi], bias=b, config=cfg)
+    assert torch.equal(full[lo:hi], part)
     assert torch.equal(full, lm_head_backward_triton(h, w, y, lse, g, bias=b, config=cfg))
 
 

@@ -3,15 +3,14 @@ import math
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten
-from torch.utils._python_dispatch import TorchDispatchMode
+from helpers import LargestAllocation
 
 from lark_fast import ops
 from lark_fast.kernels.lm_head_stats import lm_head_stats_naive, lm_head_stats_torch
 
 
 def oracle(h, W, y, bias=None, scale=1.0, cap=None, K=0, ignore_index=-100):
-    """SPEC §2 in float64 with materialised logits and probabilities."""
+    """docs/method.md §2 in float64 with materialised logits and probabilities."""
     z = h.double() @ W.double().T
     if bias is not None:
         z = z + bias.double()
@@ -177,21 +176,6 @@ def test_bad_input_is_named(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ops.lm_head_stats(args.pop("hidden"), args.pop("weight"), args.pop("targets"), backend="torch", **args)
-
-
-class LargestAllocation(TorchDispatchMode):
-    """Records the largest tensor storage any op creates (views are not allocations)."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
-        return out
 
 
 def test_no_tokens_by_vocab_allocation():

@@ -2,8 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_llama
-from test_scorer import oracle_table
+from helpers import make_records, oracle_table, tiny_llama
 
 import lark_fast
 from lark_fast.methods import METHODS, random_scores, ranking_score, steps
@@ -91,7 +90,21 @@ def test_selection_respects_each_direction():
         lark_fast.select(t, by="vibes")
 
 
+def test_brier_proxy_ranks_by_the_oracle_brier(tokenizer):
+    model = tiny_llama(seed=2)
+    recs = make_records(n_problems=3, per_problem=4, seed=2)
+    table = lark_fast.score(model, tokenizer, recs, progress=False)
+    ref = oracle_table(model, tokenizer, recs)
+    np.testing.assert_allclose(ranking_score(table, "brier"), ref["brier"], rtol=1e-5)
+    w = lark_fast.select(table, B=2, by="brier")
+    pids = np.array([r["problem_id"] for r in recs])
+    for p in set(pids):
+        idx = np.flatnonzero(pids == p)
+        chosen = set(idx[w[idx] > 0])
+        assert chosen and chosen <= set(idx[np.argsort(-ref["brier"][idx])[:2]])
+
+
 def test_registry_is_complete():
-    assert set(METHODS) == {"lark", "rho", "global_naturalness", "rsr", "entropy", "topk_entropy", "length", "random",
-                            "ifd", "local_naturalness", "lark_grad", "rho_grad"}
+    assert set(METHODS) == {"lark", "rho", "global_naturalness", "rsr", "entropy", "brier", "topk_entropy", "length",
+                            "random", "ifd", "local_naturalness", "lark_grad", "rho_grad"}
     assert METHODS["rsr"].direction == -1 and METHODS["lark"].direction == 1

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from test_scorer import assert_matches, oracle_table
+from helpers import assert_matches, oracle_table
 
 import lark_fast
 from lark_fast.chat import ChatTokenizer
 from lark_fast.cli import main
-from lark_fast.demo import champ_pool
+from lark_fast.champ import champ_pool
 from lark_fast.models import load_student
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import make_records, tiny_llama
+from helpers import make_records, tiny_llama
 
 import lark_fast
 from lark_fast import scorer as scorer_mod

@@ -4,56 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_records, tiny_llama
-from test_lm_head_stats import LargestAllocation
+from helpers import LargestAllocation, assert_matches, make_records, oracle_table, tiny_llama
 
 import lark_fast
-from lark_fast.chat import ChatTokenizer
-
-
-def oracle_table(model, tokenizer, records, max_length=None):
-    """Per-trajectory scores from model(...).logits in float64 (SPEC §2-3, written independently)."""
-    ct = ChatTokenizer(tokenizer, max_length=max_length or model.config.max_position_embeddings)
-    rows = []
-    for r in records:
-        t = ct(r["messages"])
-        ids = torch.tensor([t.input_ids])
-        with torch.no_grad():
-            z = model(input_ids=ids).logits[0].double()[t.start - 1: len(t.input_ids) - 1]
-        y = ids[0, t.start:]
-        lse = torch.logsumexp(z, 1)
-        zy = z[torch.arange(len(y)), y]
-        p = torch.softmax(z, 1)
-        onehot = torch.nn.functional.one_hot(y, z.shape[1]).double()
-        nll = lse - zy
-        brier = ((p - onehot) ** 2).sum(1)
-        entropy = -(p * torch.log(p)).sum(1)
-        rank = 1 + (z > zy[:, None]).sum(1)
-        vals = z.topk(50, 1).values
-        pk = torch.softmax(vals, 1)
-        py = torch.exp(zy - torch.logsumexp(vals, 1)) * (rank <= 50)
-        top = 1 - 2 * py + (pk ** 2).sum(1)
-        top_entropy = -(pk * torch.log_softmax(vals, 1)).sum(1)
-        rows.append({"L": nll.mean().item(), "brier": brier.mean().item(), "entropy": entropy.mean().item(),
-                     "rsr": rank.clamp(max=100).sum().item() / nll.sum().item(), "brier_top50": top.mean().item(),
-                     "topk_entropy": top_entropy.mean().item(), "n_tokens": len(y), "truncated": t.truncated})
-    out = {k: np.array([r[k] for r in rows]) for k in rows[0]}
-    out["rho"] = out["brier"] / out["L"]
-    pids = np.array([r["problem_id"] for r in records])
-    out["g_hat"] = np.zeros(len(rows))
-    for p in set(pids):
-        m = pids == p
-        L, B = out["L"][m], out["brier"][m]
-        out["g_hat"][m] = L / L.sum() * (2 * B / L - B.sum() / L.sum())
-    return out
-
-
-def assert_matches(table, ref, rtol=1e-5):
-    assert np.array_equal(table["n_tokens"], ref["n_tokens"])
-    assert np.array_equal(table["truncated"], ref["truncated"])
-    for k in ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50", "topk_entropy"):
-        np.testing.assert_allclose(table[k], ref[k], rtol=rtol, atol=1e-7, err_msg=k)
-    np.testing.assert_array_equal(table["global_naturalness"], -table["L"])
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -1,4 +1,4 @@
-"""Per-trajectory reductions and the LARK energy g_hat (SPEC §3)."""
+"""Per-trajectory reductions and the LARK energy g_hat (docs/method.md §3)."""
 import numpy as np
 import pytest
 
@@ -6,7 +6,7 @@ from lark_fast.scores import lark_energy, mixture_learnability, trajectory_score
 
 
 def rho_of_q(q, L, brier):
-    """Mixture learnability, written from SPEC §3: sum q^2 Brier / sum q L."""
+    """Mixture learnability, written from docs/method.md §3: sum q^2 Brier / sum q L."""
     return sum(qk * qk * bk for qk, bk in zip(q, brier)) / sum(qk * lk for qk, lk in zip(q, L))
 
 
@@ -25,7 +25,7 @@ def test_g_hat_is_the_gradient_of_rho_at_uniform(K, seed):
         fd = (rho_of_q(qp, L, brier) - rho_of_q(qm, L, brier)) / (2 * h)
         assert g[k] == pytest.approx(fd, rel=1e-6, abs=1e-9)
     assert g.sum() == pytest.approx(brier.sum() / L.sum(), rel=1e-12)
-    # the SPEC form with rho_k
+    # the form of docs/method.md §3.5 with rho_k
     rho = brier / L
     assert np.allclose(g, L / L.sum() * (2 * rho - brier.sum() / L.sum()), rtol=1e-12)
     assert mixture_learnability(q0, L, brier) == pytest.approx(rho_of_q(q0, L, brier))

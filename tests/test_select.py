@@ -1,4 +1,4 @@
-"""LARK selection (SPEC §5) against an independent sort-based implementation of the published rule."""
+"""LARK selection (docs/method.md §5) against an independent sort-based implementation of the published rule."""
 import json
 
 import numpy as np
@@ -8,12 +8,13 @@ from hypothesis import strategies as st
 
 import lark_fast
 from lark_fast import solver
-from lark_fast.select import selection_summary, write_train_set
+from lark_fast.report import selection_summary
+from lark_fast.select import write_train_set
 from lark_fast.table import ScoreTable
 
 
 def published_rule(e, B):
-    """The published per-problem rule, written from SPEC §5 with a full sort."""
+    """The published per-problem rule, written from docs/method.md §5 with a full sort."""
     e = np.asarray(e, dtype=np.float64)
     key = np.where(np.isnan(e), -np.inf, e)
     valid = np.isfinite(key)
@@ -118,8 +119,8 @@ def test_select_groups_by_problem_and_skips_unscorable():
     assert s == {"problems": 3, "candidates": 7, "valid_candidates": 5, "selected": 4,
                  "selected_with_zero_weight": 0, "problems_with_fewer_than_B_valid": 1,
                  "problems_without_valid_candidates": 1}
-    with pytest.raises(ValueError, match="method"):
-        lark_fast.select(t, method="nope")
+    with pytest.raises(ValueError, match="rule"):
+        lark_fast.select(t, rule="nope")
     with pytest.raises(ValueError, match="no column 'rho'"):
         lark_fast.select(t, score_column="rho")
 

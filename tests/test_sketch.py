@@ -1,4 +1,4 @@
-"""Gradient sketches (SPEC §4) against per-example autograd on tiny students.
+"""Gradient sketches (docs/method.md §4) against per-example autograd on tiny students.
 
 The oracle scores one trajectory at a time with the model's own forward (its real LM head, its
 logits), takes torch.autograd.grad of the mean nll with respect to every weight and bias, and projects
@@ -10,7 +10,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from conftest import make_records, tiny_llama
+from helpers import make_records, tiny_llama
 
 import lark_fast
 from lark_fast.chat import ChatTokenizer
@@ -67,7 +67,7 @@ def oracle_sketch(grads, layers, k, seed=0):
 
 @pytest.fixture(scope="module")
 def llama_case():
-    from conftest import byte_tokenizer
+    from helpers import byte_tokenizer
     tok = byte_tokenizer()
     model = tiny_llama(vocab_size=300, hidden_size=32, layers=2)
     recs = make_records(2, 3, seed=1)
@@ -313,7 +313,7 @@ def test_option_errors(llama_case, tmp_path):
 def test_cli_sketch_flags(tmp_path, capsys):
     import json
 
-    from conftest import byte_tokenizer
+    from helpers import byte_tokenizer
 
     from lark_fast.cli import main
     from lark_fast.table import ScoreTable

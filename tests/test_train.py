@@ -13,20 +13,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_records, tiny_llama
-from transformers import TrainingArguments
+from helpers import make_records, make_trainer, published, tiny_llama
 
 import lark_fast
 from lark_fast.chat import ChatTokenizer
 from lark_fast.select import write_train_set
 from lark_fast.train import (AnchorRefreshCallback, LarkScorer, PackedCollator, WeightedSFTDataset,
-                             WeightedSFTTrainer, read_train_set)
-
-
-def published(records, weights):
-    return [{"messages": r["messages"], "meta": {"problem_id": r["problem_id"], "candidate_id": r["candidate_id"],
-                                                 "teacher": r["teacher"], "score": 0.0, "train_weight": w}}
-            for r, w in zip(records, weights)]
+                             read_train_set)
 
 
 def oracle_loss(model, tokenizer, records, weights, n_problems):
@@ -46,14 +39,6 @@ def oracle_loss(model, tokenizer, records, weights, n_problems):
 
 def param_grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def make_trainer(model, dataset, tmp_path, **kw):
-    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, gradient_accumulation_steps=1,
-                max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0,
-                report_to=[], save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0)
-    args.update({k: kw.pop(k) for k in list(kw) if k in TrainingArguments.__dataclass_fields__})
-    return WeightedSFTTrainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, **kw)
 
 
 @pytest.fixture

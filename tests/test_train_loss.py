@@ -1,17 +1,16 @@
 """weighted_sft_loss (torch and Triton paths) against float64 autograd of a weighted loss written here."""
 import math
-import os
 
 import pytest
 import torch
-from test_lm_head_stats import LargestAllocation
+from helpers import LargestAllocation
 
+from lark_fast.kernels.backend import INTERPRET
+from lark_fast.kernels.head import TEMP_BUDGET
 from lark_fast.kernels.weighted_ce import WeightedCETriton, weighted_ce_naive
-from lark_fast.kernels.weighted_ce.torch_chunked import TEMP_BUDGET
 from lark_fast.train import weighted_sft_loss
 
 # Triton on CPU tensors runs in the interpreter (conftest sets TRITON_INTERPRET=1); compiled, it needs CUDA.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BACKENDS = ["torch"] + (["triton"] if WeightedCETriton is not None and INTERPRET else [])
 
 

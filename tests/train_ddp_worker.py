@@ -5,8 +5,7 @@ Each process gets one of the two records, so the step's normaliser (2 problems) 
 import sys
 
 import torch
-from conftest import byte_tokenizer, tiny_llama
-from test_train import make_records, make_trainer, published
+from helpers import byte_tokenizer, make_records, make_trainer, published, tiny_llama
 
 from lark_fast.train import WeightedSFTDataset
 

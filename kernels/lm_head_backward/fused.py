@@ -10,34 +10,22 @@ no atomics and every row sums its tiles in vocabulary order: deterministic and b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from ..lm_head_stats.fused import _PRECISION, INTERPRET
-from ..weighted_ce.fused import _logits_tile
+from ..backend import INTERPRET
+from ..triton_utils import LaunchConfig, dot_precision, interpreter_blocks, logits_tile
 
 
-@dataclass(frozen=True)
-class Config:
-    block_n: int
-    block_v: int
-    block_d: int
-    num_warps: int = 8
-    num_stages: int = 2
-
-
-def default_config(hidden: torch.Tensor, weight: torch.Tensor) -> Config:
-    if INTERPRET:  # numpy runs whole blocks: few, large programs
-        d, v = hidden.shape[1], weight.shape[0]
-        return Config(block_n=256, block_v=min(4096, max(64, triton.next_power_of_2(v))),
-                      block_d=min(128, max(16, triton.next_power_of_2(d))), num_warps=1, num_stages=1)
+def default_config(hidden: torch.Tensor, weight: torch.Tensor) -> LaunchConfig:
+    if INTERPRET:
+        return LaunchConfig(**interpreter_blocks(hidden, weight))
     if hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
-        return Config(block_n=64, block_v=256, block_d=32)  # dH traffic per tile: half the weight tile's
-    return Config(block_n=64, block_v=128, block_d=32)  # both: no spills on sm_90 (ptxas -v)
+        return LaunchConfig(block_n=64, block_v=256, block_d=32, num_stages=2)  # dH traffic: half the weight tile's
+    return LaunchConfig(block_n=64, block_v=128, block_d=32, num_stages=2)  # both: no spills on sm_90 (ptxas -v)
 
 
 @triton.jit(do_not_specialize=["N", "V"])
@@ -57,7 +45,7 @@ def _backward_kernel(H, W, Bias, Y, Lse, G, DH, N, V, D, stride_h, stride_w, log
     for v0 in range(0, V, BLOCK_V):
         cols = (v0 + vv).to(tl.int64)  # int64: cols * stride_w can pass 2^31
         col_ok = cols < V
-        z, t = _logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
+        z, t = logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
                             HAS_BIAS, HAS_SOFTCAP, DOT_FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         d = tl.exp(z - lse[:, None]) - (cols[None, :] == y[:, None]).to(tl.float32)
         if HAS_SOFTCAP:
@@ -84,7 +72,7 @@ def _backward_kernel(H, W, Bias, Y, Lse, G, DH, N, V, D, stride_h, stride_w, log
 def lm_head_backward_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
                             grad: torch.Tensor, *, bias: Optional[torch.Tensor] = None, logit_scale: float = 1.0,
                             softcap: Optional[float] = None, ignore_index: int = -100,
-                            config: Optional[Config] = None) -> torch.Tensor:
+                            config: Optional[LaunchConfig] = None) -> torch.Tensor:
     """dH [N, d] in hidden's dtype. Inputs as ``lark_fast.ops.lm_head_stats`` plus the forward's
     ``lse`` [N] and the upstream gradient of the per-token nll ``grad`` [N]; this checks shapes."""
     n, d = hidden.shape
@@ -98,8 +86,7 @@ def lm_head_backward_triton(hidden: torch.Tensor, weight: torch.Tensor, targets:
     dh = torch.zeros(n, d, dtype=torch.float32, device=hidden.device)
     if n == 0:
         return dh.to(hidden.dtype)
-    dot_fp32 = INTERPRET or hidden.dtype != weight.dtype or hidden.dtype == torch.float32
-    precision = _PRECISION[torch.get_float32_matmul_precision()] if dot_fp32 else None
+    dot_fp32, precision = dot_precision(hidden, weight)
     _backward_kernel[(triton.cdiv(n, cfg.block_n),)](
         hidden, weight, bias if bias is not None else lse, targets.contiguous(), lse.float().contiguous(),
         grad.contiguous(), dh, n, v, d, hidden.stride(0), weight.stride(0), float(logit_scale),

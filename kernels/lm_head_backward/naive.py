@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ..lm_head_stats.common import transform_logits_
+from ..head import transform_logits_
 
 
 def lm_head_backward_naive(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, grad: torch.Tensor, *,

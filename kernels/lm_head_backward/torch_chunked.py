@@ -14,8 +14,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from ..lm_head_stats.common import transform_logits_
-from ..lm_head_stats.torch_chunked import TEMP_BUDGET
+from ..head import TEMP_BUDGET, transform_logits_
 
 
 def output_grad_chunks(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,

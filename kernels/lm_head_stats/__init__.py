@@ -1,20 +1,17 @@
-"""LM-head statistics (SPEC §2): per-token lse, nll, exact Brier, entropy, rank and top-K Brier
-from hidden states and the LM-head weight, without materialising logits.
+"""LM-head statistics (docs/method.md §2): per-token lse, nll, exact Brier, entropy, rank and top-K
+Brier from hidden states and the LM-head weight, without materialising logits.
 
+- ``op.py``: ``lm_head_stats``, the op (validation, backend choice, segment sums, autograd)
 - ``naive.py``: full-logits reference (readable, O(N V) memory)
-- ``torch_chunked.py``: streaming torch path (CPU default)
+- ``torch_chunked.py``: streaming torch path
 - ``fused.py``: fused Triton kernel (CUDA, or the Triton interpreter under ``TRITON_INTERPRET=1``);
-  ``lm_head_stats_triton`` is None when triton is not installed (extra ``gpu``), and
-  ``TRITON_INTERPRET`` says whether its kernels were built for the interpreter
+  ``lm_head_stats_triton`` is None when triton is not installed (extra ``gpu``)
 """
 from .common import MAX_TOPK, RANK_CLIP, RANK_TIE, LMHeadStats, SegmentSums, check_inputs, reduce_segments, segment_sums
 from .naive import lm_head_stats_naive
+from .op import MAX_SKETCH, lm_head_stats, lm_head_stats_triton
 from .torch_chunked import lm_head_stats_torch
 
-try:
-    from .fused import INTERPRET as TRITON_INTERPRET, lm_head_stats_triton
-except ImportError:  # triton is optional
-    TRITON_INTERPRET, lm_head_stats_triton = False, None
-
-__all__ = ["LMHeadStats", "SegmentSums", "MAX_TOPK", "RANK_CLIP", "RANK_TIE", "check_inputs", "reduce_segments",
-           "segment_sums", "lm_head_stats_naive", "lm_head_stats_torch", "lm_head_stats_triton", "TRITON_INTERPRET"]
+__all__ = ["lm_head_stats", "LMHeadStats", "SegmentSums", "MAX_TOPK", "MAX_SKETCH", "RANK_CLIP", "RANK_TIE",
+           "check_inputs", "reduce_segments", "segment_sums", "lm_head_stats_naive", "lm_head_stats_torch",
+           "lm_head_stats_triton"]

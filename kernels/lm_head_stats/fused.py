@@ -26,7 +26,7 @@ with d_y = z_y - m, e_y = e^{d_y}, s = e_y + r:
 No atomics anywhere; every reduction has a fixed order. The target's column is overwritten with the
 prologue's z_y, so lse, nll and the rank use one and the same value of z_y.
 
-Sketch (SPEC §4, ``sketch_dim=k``): each tile also folds u = sum_{v != y} e^{z_v - m} f'_v P[:, v]
+Sketch (docs/method.md §4, ``sketch_dim=k``): each tile also folds u = sum_{v != y} e^{z_v - m} f'_v P[:, v]
 into a [BLOCK_N, KS] accumulator by one more tl.dot, with the tile of Pᵀ generated in registers
 from the counter-based hash (``rademacher_tile``; f'_v = 1 - (z_v / c)^2 with soft-cap c, else 1),
 rescaled by a like r. The merge folds the splits' u the same way and writes
@@ -36,7 +36,6 @@ KS is k rounded up to a power of two >= 16 (tl.dot's smallest width); the extra 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,83 +43,32 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backend import INTERPRET
 from ..sketch.projection import rademacher_tile
+from ..triton_utils import LaunchConfig, dot_precision, expm1, grouped_ids, interpreter_blocks, log1p, transform_logits
 from .common import MAX_TOPK, RANK_TIE, LMHeadStats
 
-# TRITON_INTERPRET is read by triton.jit when this module is imported; the dispatch uses the same.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 VOCAB_PER_SPLIT = 8192
 
 
 @dataclass(frozen=True)
-class Config:
-    """Launch configuration. Rounding may depend on the block sizes and vocab_per_split, never on N
-    or on a token's position in the batch, so one config gives batch-invariant results."""
+class Config(LaunchConfig):
+    """Launch configuration (``triton_utils.LaunchConfig``) with the vocabulary split and the merge's
+    token block."""
 
-    block_n: int
-    block_v: int
-    block_d: int
-    group_n: int = 8  # token blocks sharing the L2 while they stream the same weight tiles
-    num_warps: int = 8
-    num_stages: int = 3
     vocab_per_split: int = VOCAB_PER_SPLIT
     merge_block: int = 32
 
 
 def default_config(hidden: torch.Tensor, weight: torch.Tensor, sketch_dim: int = 0) -> Config:
-    if INTERPRET:  # numpy runs whole blocks: tiles up to 2^20 elements, one split, blocks sized by d and V
-        d, v = hidden.shape[1], weight.shape[0]
-        return Config(block_n=256, block_v=min(4096, max(64, triton.next_power_of_2(v))),
-                      block_d=min(128, max(16, triton.next_power_of_2(d))), num_warps=1, num_stages=1,
-                      vocab_per_split=1 << 30, merge_block=256)
+    if INTERPRET:  # one split
+        return Config(**interpreter_blocks(hidden, weight), vocab_per_split=1 << 30, merge_block=256)
     # a sketch wider than 16 adds a [block_n, k] accumulator and a [block_v, k] projection tile: block_v = 64
     # keeps k <= 128 free of spills on sm_90 (ptxas -v)
     block_v = 64 if sketch_dim > 16 else 128
     if hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
         return Config(block_n=128, block_v=block_v, block_d=64)
     return Config(block_n=64, block_v=block_v, block_d=32)  # fp32 operands: no spills on sm_90
-
-
-@triton.jit
-def _expm1(x):
-    # e^x - 1 without cancellation: Taylor series to x^8 for |x| < 0.5 (truncation < 1e-8 relative).
-    small = tl.abs(x) < 0.5
-    t = tl.where(small, x, 0.0)
-    p = 1.0 / 40320.0
-    p = p * t + 1.0 / 5040.0
-    p = p * t + 1.0 / 720.0
-    p = p * t + 1.0 / 120.0
-    p = p * t + 1.0 / 24.0
-    p = p * t + 1.0 / 6.0
-    p = p * t + 0.5
-    p = p * t + 1.0
-    return tl.where(small, p * t, tl.exp(x) - 1.0)
-
-
-@triton.jit
-def _log1p(x):
-    # log(1 + x) for x >= 0: 2 atanh(t), t = x / (2 + x), as an odd series for x < 0.5 (t < 0.2).
-    small = x < 0.5
-    t = tl.where(small, x, 0.0) / (2.0 + tl.where(small, x, 0.0))
-    t2 = t * t
-    p = 2.0 / 11.0
-    p = p * t2 + 2.0 / 9.0
-    p = p * t2 + 2.0 / 7.0
-    p = p * t2 + 2.0 / 5.0
-    p = p * t2 + 2.0 / 3.0
-    p = p * t2 + 2.0
-    return tl.where(small, p * t, tl.log(1.0 + x))
-
-
-@triton.jit
-def _transform(acc, bias, logit_scale, softcap, HAS_SOFTCAP: tl.constexpr):
-    # z = softcap(logit_scale * (acc + bias)); tanh(|x|) = -u / (2 + u) with u = expm1(-2|x|).
-    z = (acc + bias) * logit_scale
-    if HAS_SOFTCAP:
-        u = _expm1(-2.0 * tl.abs(z / softcap))
-        th = -u / (2.0 + u)
-        z = softcap * tl.where(z < 0, -th, th)
-    return z
 
 
 @triton.jit
@@ -149,15 +97,9 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
                     sketch_key, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
                     PRECISION: tl.constexpr, KPAD: tl.constexpr, KS: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
-    # Grouped order: consecutive programs share GROUP_N token blocks and walk all splits, so the
-    # hidden blocks and the weight tiles they stream stay in L2.
-    pid = tl.program_id(0)
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_N * n_splits
-    first = (pid // in_group) * GROUP_N
-    group_size = tl.minimum(n_blocks - first, GROUP_N)
-    pid_n = first + (pid % in_group) % group_size
-    pid_s = ((pid % in_group) // group_size).to(tl.int64)
+    # grouped order: consecutive programs share GROUP_N token blocks and walk all splits
+    pid_n, pid_s = grouped_ids(tl.program_id(0), N, n_splits, BLOCK_N, GROUP_N)
+    pid_s = pid_s.to(tl.int64)
 
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -182,7 +124,7 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
     by = 0.0
     if HAS_BIAS:
         by = tl.load(Bias + y).to(tl.float32)
-    zy = _transform(zy, by, logit_scale, softcap, HAS_SOFTCAP)
+    zy, _ = transform_logits(zy, by, logit_scale, softcap, HAS_SOFTCAP)
     above = zy + rank_tie * tl.maximum(tl.abs(zy), 1.0)  # z_v > above: strictly greater than z_y
 
     m = zy
@@ -220,7 +162,7 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
             b = 0.0
             if HAS_BIAS:
                 b = tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            z = _transform(acc, b, logit_scale, softcap, HAS_SOFTCAP)
+            z, th = transform_logits(acc, b, logit_scale, softcap, HAS_SOFTCAP)
             acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
             is_y = cols[None, :] == y[:, None]
             z = tl.where(is_y, zy[:, None], z)
@@ -236,8 +178,7 @@ def _partial_kernel(H, W, Bias, Y, Part, Gt, Zy, Top, Sk,
             r2 = a * a * r2 + tl.sum(e * e, axis=1)
             if KS > 0:
                 if HAS_SOFTCAP:
-                    zs = tl.where(col_ok[None, :], z / softcap, 0.0)
-                    e = e * (1.0 - zs * zs)
+                    e = e * (1.0 - th * th)  # e is 0 in the masked columns
                 u = u * a[:, None] + tl.dot(e, rademacher_tile(sketch_key, sk_rows, cols), input_precision=PRECISION)
             m = m_new
             if KPAD > 0:
@@ -288,8 +229,8 @@ def _merge_kernel(Part, Gt, Zy, Top, Sk, Y, Lse, Nll, Brier, Entropy, Rank, Brie
     e_y = tl.exp(d_y)
     s = e_y + r
     log_s = tl.log(s)
-    nll = tl.where(d_y > -60.0, _log1p(r / tl.where(d_y > -60.0, e_y, 1.0)), log_s - d_y)
-    q = _expm1(-nll)  # -(1 - p_y)
+    nll = tl.where(d_y > -60.0, log1p(r / tl.where(d_y > -60.0, e_y, 1.0)), log_s - d_y)
+    q = expm1(-nll)  # -(1 - p_y)
     brier = q * q + r2 / (s * s)
     entropy = tl.minimum(tl.maximum(log_s - (r1 + e_y * d_y) / s, 0.0), log_v)
     lse = m + log_s
@@ -340,9 +281,6 @@ def _merge_kernel(Part, Gt, Zy, Top, Sk, Y, Lse, Nll, Brier, Entropy, Rank, Brie
         tl.store(EntropyTopk + rows, tl.where(keep, entropy_topk, 0.0), mask=row_ok)
 
 
-_PRECISION = {"highest": "ieee", "high": "tf32x3", "medium": "tf32"}
-
-
 def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                          bias: Optional[torch.Tensor] = None, logit_scale: float = 1.0,
                          softcap: Optional[float] = None, topk: int = 0, ignore_index: int = -100,
@@ -380,8 +318,7 @@ def lm_head_stats_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     if n == 0:
         return result
 
-    dot_fp32 = INTERPRET or hidden.dtype != weight.dtype or hidden.dtype == torch.float32
-    precision = _PRECISION[torch.get_float32_matmul_precision()] if dot_fp32 else None
+    dot_fp32, precision = dot_precision(hidden, weight)
     n_blocks = triton.cdiv(n, cfg.block_n)
     _partial_kernel[(n_blocks * n_splits,)](
         hidden, weight, bias if bias is not None else zy, targets, part, gt, zy, top, sk_part,

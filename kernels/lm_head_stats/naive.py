@@ -10,7 +10,8 @@ from typing import Optional
 
 import torch
 
-from .common import RANK_TIE, LMHeadStats, transform_logits_
+from ..head import transform_logits_
+from .common import RANK_TIE, LMHeadStats
 
 
 def lm_head_stats_naive(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,

@@ -20,7 +20,7 @@ column, so the target is never compared with itself. Ties favour y, and a tie is
 fp32 rounding: z_v counts as greater only above z_y + RANK_TIE * max(1, |z_y|), so that a token
 whose weight row duplicates the target's never outranks it whichever way its GEMM value rounded.
 
-With ``sketch_dim=k`` the same sweep sketches the head's output gradient (SPEC §4): with the
+With ``sketch_dim=k`` the same sweep sketches the head's output gradient (docs/method.md §4): with the
 Rademacher projection P (k × V) of ``sketch_key`` (``lark_fast.kernels.sketch``), generated chunk by
 chunk, and f_v = dz_v/da_v = logit_scale (1 - (z_v / c)^2) (logit_scale without soft-cap),
     u = sum_{v != y} e^{z_v - m} (f_v / logit_scale) P[:, v]    rescaled by a like r,
@@ -34,9 +34,8 @@ from typing import Optional
 import torch
 
 from ..sketch.projection import rademacher
-from .common import RANK_TIE, LMHeadStats, transform_logits_
-
-TEMP_BUDGET = 1 << 24  # elements of the [token_block, vocab_block] fp32 temporaries (64 MiB)
+from ..head import TEMP_BUDGET, transform_logits_
+from .common import RANK_TIE, LMHeadStats
 
 
 def lm_head_stats_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,

@@ -16,18 +16,18 @@ from typing import Optional
 
 import torch
 
-from ..lm_head_stats.common import _describe, check_inputs as check_head_inputs
+from ..head import check_head_inputs, describe
 
 
 def check_inputs(hidden, weight, targets, token_weights, normalizer, bias, logit_scale, softcap, cu_seqlens,
                  traj_weights, ignore_index) -> None:
     """Validates the op's inputs; raises ValueError naming the argument."""
-    check_head_inputs(hidden, weight, targets, bias, logit_scale, softcap, cu_seqlens, 0, ignore_index)
+    check_head_inputs(hidden, weight, targets, bias, logit_scale, softcap, cu_seqlens, ignore_index)
     n = hidden.shape[0]
     if token_weights is not None:
         if not isinstance(token_weights, torch.Tensor) or token_weights.shape != (n,) \
                 or not token_weights.is_floating_point():
-            raise ValueError(f"token_weights: expected a floating tensor [{n}] or None, got {_describe(token_weights)}")
+            raise ValueError(f"token_weights: expected a floating tensor [{n}] or None, got {describe(token_weights)}")
         if token_weights.device != hidden.device:
             raise ValueError(f"token_weights: on {token_weights.device}, hidden on {hidden.device}")
         if not bool(torch.isfinite(token_weights).all()):
@@ -39,14 +39,14 @@ def check_inputs(hidden, weight, targets, token_weights, normalizer, bias, logit
         if not isinstance(traj_weights, torch.Tensor) or traj_weights.shape != (s,) \
                 or not traj_weights.is_floating_point():
             raise ValueError(f"traj_weights: expected a floating tensor [{s}] (one per cu_seqlens segment), "
-                             f"got {_describe(traj_weights)}")
+                             f"got {describe(traj_weights)}")
         if traj_weights.device != hidden.device:
             raise ValueError(f"traj_weights: on {traj_weights.device}, hidden on {hidden.device}")
         if not bool(torch.isfinite(traj_weights).all()):
             raise ValueError("traj_weights: contains NaN or inf")
     if isinstance(normalizer, torch.Tensor):
         if normalizer.numel() != 1:
-            raise ValueError(f"normalizer: expected a number or a one-element tensor, got {_describe(normalizer)}")
+            raise ValueError(f"normalizer: expected a number or a one-element tensor, got {describe(normalizer)}")
         value = float(normalizer)
     elif isinstance(normalizer, (int, float)) and not isinstance(normalizer, bool):
         value = float(normalizer)

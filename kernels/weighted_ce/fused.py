@@ -16,7 +16,6 @@ forward's work); with G materialised per chunk every reduction has one fixed ord
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,66 +23,28 @@ import torch
 import triton
 import triton.language as tl
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from ..backend import INTERPRET
+from ..triton_utils import LaunchConfig, dot_precision, grouped_ids, interpreter_blocks, logits_tile
+
 VOCAB_PER_SPLIT = 16384
 CHUNK_BYTES = 1 << 30  # the backward's G buffer [chunk, V]
 
 
 @dataclass(frozen=True)
-class Config:
-    block_n: int
-    block_v: int
-    block_d: int
-    group_n: int = 8  # token blocks that walk the same vocabulary tiles together (L2 reuse)
-    num_warps: int = 8
-    num_stages: int = 3
+class Config(LaunchConfig):
+    """Launch configuration (``triton_utils.LaunchConfig``) with the forward's vocabulary split and the
+    backward's chunk of G."""
+
     vocab_per_split: int = VOCAB_PER_SPLIT
     chunk_bytes: int = CHUNK_BYTES
 
 
 def default_config(hidden: torch.Tensor, weight: torch.Tensor) -> Config:
-    if INTERPRET:  # numpy runs whole blocks: few, large programs
-        return Config(block_n=32, block_v=256, block_d=64, num_warps=1, num_stages=1)
+    if INTERPRET:
+        return Config(**interpreter_blocks(hidden, weight))
     if hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
         return Config(block_n=128, block_v=128, block_d=64)
     return Config(block_n=64, block_v=64, block_d=32)
-
-
-@triton.jit
-def _logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
-                 HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
-                 PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr):
-    # Returns z = softcap(logit_scale * (W h + b)) [BLOCK_N, BLOCK_V] and t = z / softcap (tanh; 0 without cap).
-    dd = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        d_ok = dd < D - d0
-        h = tl.load(H + rows[:, None] * stride_h + (d0 + dd)[None, :], mask=row_ok[:, None] & d_ok[None, :],
-                    other=0.0)
-        w = tl.load(W + cols[None, :] * stride_w + (d0 + dd)[:, None], mask=d_ok[:, None] & col_ok[None, :],
-                    other=0.0)
-        if DOT_FP32:
-            h = h.to(tl.float32)
-            w = w.to(tl.float32)
-        acc = tl.dot(h, w, acc, input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(Bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-    z = acc * logit_scale
-    t = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-    if HAS_SOFTCAP:
-        t = 2.0 * tl.sigmoid(2.0 * z / softcap) - 1.0  # tanh(z / c)
-        z = softcap * t
-    return z, t
-
-
-@triton.jit
-def _grouped(pid, N, n_cols, BLOCK_N: tl.constexpr, GROUP_N: tl.constexpr):
-    # (token block, column block) of a program: GROUP_N consecutive token blocks walk the column blocks together.
-    n_blocks = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_N * n_cols
-    first = (pid // in_group) * GROUP_N
-    group_size = tl.minimum(n_blocks - first, GROUP_N)
-    return first + (pid % in_group) % group_size, (pid % in_group) // group_size
 
 
 @triton.jit(do_not_specialize=["N", "V", "n_splits"])
@@ -91,7 +52,7 @@ def _forward_kernel(H, W, Bias, Y, PartM, PartS, PartZy, N, V, D, stride_h, stri
                     vocab_per_split, n_splits, HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                     DOT_FP32: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
-    pid_n, pid_s = _grouped(tl.program_id(0), N, n_splits, BLOCK_N, GROUP_N)
+    pid_n, pid_s = grouped_ids(tl.program_id(0), N, n_splits, BLOCK_N, GROUP_N)
 
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
@@ -104,7 +65,7 @@ def _forward_kernel(H, W, Bias, Y, PartM, PartS, PartZy, N, V, D, stride_h, stri
     for v0 in range(v_begin, v_end, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_end
-        z, t = _logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
+        z, t = logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
                             HAS_BIAS, HAS_SOFTCAP, DOT_FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
         z = tl.where(col_ok[None, :], z, float("-inf"))
         zy += tl.sum(tl.where(cols[None, :] == y[:, None], z, 0.0), axis=1)
@@ -122,13 +83,13 @@ def _grad_logits_kernel(H, W, Bias, Y, Lse, K, G, N, V, D, stride_h, stride_w, s
                         HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, DOT_FP32: tl.constexpr,
                         PRECISION: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr,
                         BLOCK_D: tl.constexpr, GROUP_N: tl.constexpr):
-    pid_n, pid_v = _grouped(tl.program_id(0), N, tl.cdiv(V, BLOCK_V), BLOCK_N, GROUP_N)
+    pid_n, pid_v = grouped_ids(tl.program_id(0), N, tl.cdiv(V, BLOCK_V), BLOCK_N, GROUP_N)
 
     rows = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     cols = pid_v.to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     col_ok = cols < V
-    z, t = _logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
+    z, t = logits_tile(H, W, Bias, rows, row_ok, cols, col_ok, D, stride_h, stride_w, logit_scale, softcap,
                         HAS_BIAS, HAS_SOFTCAP, DOT_FP32, PRECISION, BLOCK_N, BLOCK_V, BLOCK_D)
     y = tl.load(Y + rows, mask=row_ok, other=-1)
     lse = tl.load(Lse + rows, mask=row_ok, other=0.0)
@@ -143,11 +104,8 @@ def _grad_logits_kernel(H, W, Bias, Y, Lse, K, G, N, V, D, stride_h, stride_w, s
 
 
 def _flags(hidden, weight, bias, softcap):
-    # The interpreter's tl.dot mishandles 16-bit operands; fp32 products of bf16 values are exact, as on tensor cores.
-    dot_fp32 = INTERPRET or hidden.dtype != weight.dtype or hidden.dtype == torch.float32
-    tf32 = not INTERPRET and hidden.is_cuda and torch.backends.cuda.matmul.allow_tf32
-    return dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, DOT_FP32=dot_fp32,
-                PRECISION="tf32" if dot_fp32 and tf32 else "ieee")
+    dot_fp32, precision = dot_precision(hidden, weight)
+    return dict(HAS_BIAS=bias is not None, HAS_SOFTCAP=softcap is not None, DOT_FP32=dot_fp32, PRECISION=precision)
 
 
 def forward_lse(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], targets: torch.Tensor,

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-TEMP_BUDGET = 1 << 24  # elements of each [token_block, V] fp32 temporary (64 MiB)
+from ..head import TEMP_BUDGET
 
 
 class WeightedCETorch(torch.autograd.Function):

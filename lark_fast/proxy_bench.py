@@ -11,126 +11,19 @@ overlap of the selections), ``costs.png`` / ``correlations.png`` (with matplotli
 """
 from __future__ import annotations
 
-import csv
-import os
-import platform
-import subprocess
-import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .chat import ChatTokenizer
+from .groups import group_offsets
+from .measure import PeakMemory, machine, sync, write_csv
 from .methods import FUSED, METHODS, SKETCH, random_scores, ranking_score
 from .pool import PoolReader
+from .published import reference_scores
 from .select import select
-from .solver import group_offsets
-
-
-def machine() -> dict:
-    """CPU / GPU names, core and thread counts, git sha of the working tree."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        sha = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "", "git": sha}
-
-
-class PeakMemory:
-    """Peak extra memory (MB) of a block: the CUDA allocator's peak on GPU, sampled RSS on CPU."""
-
-    def __init__(self, device):
-        self.cuda = str(device).startswith("cuda")
-        self.mb = 0.0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._peak = max(self._peak, self._rss())
-            time.sleep(0.002)
-
-    def __enter__(self):
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            self._base = self._peak = self._rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.mb = (max(self._peak, self._rss()) - self._base) / 2**20
-        return False
-
-
-def sync(device) -> None:
-    """Waits for the work queued on ``device`` (a no-op off CUDA): call before reading a clock."""
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def write_csv(path, rows: list, meta: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = meta or {}
-    keys = list(dict.fromkeys(k for r in rows for k in r)) + list(meta)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({**r, **meta})
-    return path
-
-
-def reference_pass(model, seqs) -> dict:
-    """The published scorer, faithfully: one trajectory per forward, the model's full fp32 logits for
-    every position, log-softmax nll and the top-50 renormalised Brier. ``seqs``: (token ids, first
-    scored index) per trajectory. Returns per-trajectory L and Brier."""
-    device = model.get_output_embeddings().weight.device
-    out = {"L": [], "brier_top50": []}
-    with torch.inference_mode():
-        for ids, start in seqs:
-            ids = torch.tensor([ids], device=device)
-            logits = model(input_ids=ids).logits.float()[0]  # [T, V], every position
-            z, y = logits[start - 1:-1], ids[0, start:]
-            nll = -torch.log_softmax(z, dim=-1).gather(1, y[:, None])[:, 0]
-            vals, idx = z.topk(50, dim=-1)
-            pk = torch.softmax(vals, dim=-1)
-            brier = 1 - 2 * (pk * (idx == y[:, None])).sum(-1) + (pk * pk).sum(-1)
-            out["L"].append(float(nll.mean()))
-            out["brier_top50"].append(float(brier.mean()))
-    return {k: np.array(v) for k, v in out.items()}
-
-
-def reference_scores(model, tokenizer, records, max_length=None) -> dict:
-    """``reference_pass`` over pool records (those with an assistant span to score)."""
-    chat = ChatTokenizer(tokenizer, max_length=max_length)
-    toks = [chat(r["messages"] if isinstance(r, dict) else r.messages) for r in records]
-    return reference_pass(model, [(t.input_ids, t.start) for t in toks if t.n_scored > 0])
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -176,7 +69,7 @@ def topb_overlap(problem_ids, wa: np.ndarray, wb: np.ndarray) -> float:
 def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None, max_tokens_per_batch: int = 8192,
                 progress: bool = True, command: str = "") -> dict:
     """Measures every method's cost and their agreement; writes the outputs into ``out_dir``."""
-    from .scorer import score
+    from .scoring import score
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,133 @@
+"""Helpers shared by the tests: tiny models and tokenizers built offline, pool records, oracles written
+independently of the code under test, an allocation probe. Fixtures live in conftest.py."""
+import random
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from transformers import TrainingArguments
+
+from lark_fast.chat import ChatTokenizer
+from lark_fast.train import WeightedSFTTrainer
+
+CHATML = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}"
+          "{% if add_generation_prompt %}{{'<|im_start|>assistant\n'}}{% endif %}")
+
+
+def byte_tokenizer(chat_template=CHATML):
+    """A 258-token byte-level tokenizer (every byte one token) with ChatML special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+                                  pad_token="<|im_end|>")
+    tok.chat_template = chat_template
+    return tok
+
+
+def tiny_llama(vocab_size=1003, hidden_size=72, layers=2, tie=False, seed=0, init_std=0.2, **extra):
+    """A random Llama-architecture student; a large init_std makes its predictions peaked."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, tie_word_embeddings=tie, initializer_range=init_std, **extra)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def make_records(n_problems=4, per_problem=3, seed=0):
+    """Pool records with varied lengths (some long, some a few tokens)."""
+    rng = random.Random(seed)
+    words = ["the", "sum", "of", "x", "and", "y", "is", "so", "we", "get", "2", "7", "=", "+", "therefore"]
+    out = []
+    for p in range(n_problems):
+        for c in range(per_problem):
+            n = rng.choice([1, 3, 12, 40, 90])
+            answer = " ".join(rng.choice(words) for _ in range(n))
+            msgs = [{"role": "user", "content": f"Problem {p}: what is {p} + {c}?"},
+                    {"role": "assistant", "content": answer}]
+            if (p + c) % 2:
+                msgs.insert(0, {"role": "system", "content": "You are a careful mathematician."})
+            out.append({"problem_id": f"prob-{p}", "candidate_id": f"cand-{c}", "teacher": f"T{c % 2}",
+                        "messages": msgs})
+    return out
+
+
+def oracle_table(model, tokenizer, records, max_length=None):
+    """Per-trajectory scores from model(...).logits in float64 (docs/method.md §2-3, written independently)."""
+    ct = ChatTokenizer(tokenizer, max_length=max_length or model.config.max_position_embeddings)
+    rows = []
+    for r in records:
+        t = ct(r["messages"])
+        ids = torch.tensor([t.input_ids])
+        with torch.no_grad():
+            z = model(input_ids=ids).logits[0].double()[t.start - 1: len(t.input_ids) - 1]
+        y = ids[0, t.start:]
+        lse = torch.logsumexp(z, 1)
+        zy = z[torch.arange(len(y)), y]
+        p = torch.softmax(z, 1)
+        onehot = torch.nn.functional.one_hot(y, z.shape[1]).double()
+        nll = lse - zy
+        brier = ((p - onehot) ** 2).sum(1)
+        entropy = -(p * torch.log(p)).sum(1)
+        rank = 1 + (z > zy[:, None]).sum(1)
+        vals = z.topk(50, 1).values
+        pk = torch.softmax(vals, 1)
+        py = torch.exp(zy - torch.logsumexp(vals, 1)) * (rank <= 50)
+        top = 1 - 2 * py + (pk ** 2).sum(1)
+        top_entropy = -(pk * torch.log_softmax(vals, 1)).sum(1)
+        rows.append({"L": nll.mean().item(), "brier": brier.mean().item(), "entropy": entropy.mean().item(),
+                     "rsr": rank.clamp(max=100).sum().item() / nll.sum().item(), "brier_top50": top.mean().item(),
+                     "topk_entropy": top_entropy.mean().item(), "n_tokens": len(y), "truncated": t.truncated})
+    out = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    out["rho"] = out["brier"] / out["L"]
+    pids = np.array([r["problem_id"] for r in records])
+    out["g_hat"] = np.zeros(len(rows))
+    for p in set(pids):
+        m = pids == p
+        L, B = out["L"][m], out["brier"][m]
+        out["g_hat"][m] = L / L.sum() * (2 * B / L - B.sum() / L.sum())
+    return out
+
+
+def assert_matches(table, ref, rtol=1e-5):
+    assert np.array_equal(table["n_tokens"], ref["n_tokens"])
+    assert np.array_equal(table["truncated"], ref["truncated"])
+    for k in ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50", "topk_entropy"):
+        np.testing.assert_allclose(table[k], ref[k], rtol=rtol, atol=1e-7, err_msg=k)
+    np.testing.assert_array_equal(table["global_naturalness"], -table["L"])
+
+
+class LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor storage any op creates (views are not allocations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.max_bytes = max(self.max_bytes, t.untyped_storage().nbytes())
+        return out
+
+
+def published(records, weights):
+    return [{"messages": r["messages"], "meta": {"problem_id": r["problem_id"], "candidate_id": r["candidate_id"],
+                                                 "teacher": r["teacher"], "score": 0.0, "train_weight": w}}
+            for r, w in zip(records, weights)]
+
+
+def make_trainer(model, dataset, tmp_path, **kw):
+    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=1, gradient_accumulation_steps=1,
+                max_steps=1, learning_rate=1.0, optim="sgd", lr_scheduler_type="constant", max_grad_norm=0.0,
+                report_to=[], save_strategy="no", use_cpu=True, logging_steps=1, disable_tqdm=True, seed=0)
+    args.update({k: kw.pop(k) for k in list(kw) if k in TrainingArguments.__dataclass_fields__})
+    return WeightedSFTTrainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, **kw)
