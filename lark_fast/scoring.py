@@ -225,8 +225,17 @@ class ScoringRun:
             self.bar.update(1)
 
 
+def default_batching(scorer: Scorer) -> tuple:
+    """(max_tokens_per_batch, batch_size) for a scorer's device and layout, as measured by
+    ``benchmarks/bench_batching.py``: on CUDA, packed rows of 8192 tokens (big GEMMs keep the GPU busy);
+    on CPU, packed rows of 8192 tokens; right-padded batches take 8 trajectories at most."""
+    if scorer.device.type == "cuda":
+        return 8192, None if scorer.packed else 8
+    return 8192, None if scorer.packed else 8
+
+
 def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: Optional[int] = None,
-          max_tokens_per_batch: int = 8192, batch_size: Optional[int] = None, topk: int = 50,
+          max_tokens_per_batch: Optional[int] = None, batch_size: Optional[int] = None, topk: int = 50,
           methods: Iterable[str] = (), random_seed: int = 0, on_error: str = "skip",
           chat_template: Optional[str] = None, progress: bool = True, verify_head: bool = True,
           packing: str = "auto", backend: Optional[str] = None, run_dir=None, overwrite: bool = False,
@@ -244,7 +253,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     context) truncates, flagged.
 
     Trajectories are packed into forwards of at most ``max_tokens_per_batch`` tokens (a longer one
-    goes alone) and ``batch_size`` trajectories. ``backend`` picks the LM-head statistics'
+    goes alone) and ``batch_size`` trajectories; None takes the device's default (``default_batching``). ``backend`` picks the LM-head statistics'
     implementation (``lark_fast.ops``; None reads $LARK_FAST_BACKEND, default "auto"). With ``run_dir``,
     results are flushed there in parts every ``checkpoint_every`` records (and every 2 minutes); a later
     call with the same settings resumes, scoring only what is missing. ``shard`` (torchrun) splits the
@@ -272,7 +281,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
         raise ValueError(f"methods: {', '.join(needs_sketch)} need gradient sketches; pass sketch_dim (--sketch-dim)")
     if save_sketches is not None and sketch_dim is None:
         raise ValueError("save_sketches: needs sketch_dim")
-    if max_tokens_per_batch < 1 or (batch_size is not None and batch_size < 1):
+    if (max_tokens_per_batch is not None and max_tokens_per_batch < 1) or (batch_size is not None and batch_size < 1):
         raise ValueError("max_tokens_per_batch and batch_size must be >= 1")
     if shard.world > 1 and run_dir is None:
         raise ValueError("run_dir: required when scoring with several processes")
@@ -290,8 +299,9 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
         store = _open_run_directory(run_dir, fingerprint, shard, overwrite)
     done = set(store.load()["ordinal"].tolist()) if store is not None else set()
     rows = RecordRows(store, checkpoint_every, 120.0, sketcher.dim if sketcher is not None else None)
-    if not scorer.packed and batch_size is None:
-        batch_size = 8
+    default_tokens, default_size = default_batching(scorer)
+    max_tokens_per_batch = max_tokens_per_batch or default_tokens
+    batch_size = batch_size or default_size
     run = ScoringRun(scorer, reader, rows, shard=shard, done=done, extra=extra,
                      max_tokens_per_batch=max_tokens_per_batch, batch_size=batch_size, progress=progress)
     run.run()
