@@ -8,14 +8,14 @@ from typing import Optional
 import torch
 
 from .kernels.lm_head_backward import lm_head_backward_torch, lm_head_backward_triton
-from .kernels.lm_head_stats import (TRITON_INTERPRET, LMHeadStats, SegmentSums, check_inputs, lm_head_stats_torch,
-                                     lm_head_stats_triton, reduce_segments)
+from .kernels.lm_head_stats import (CPU_AVAILABLE, TRITON_INTERPRET, LMHeadStats, SegmentSums, check_inputs,
+                                     lm_head_stats_cpu, lm_head_stats_torch, lm_head_stats_triton, reduce_segments)
 
 __all__ = ["lm_head_stats", "LMHeadStats", "SegmentSums"]
 
 MAX_SKETCH = 256
 
-_BACKENDS = ("auto", "torch", "triton")
+_BACKENDS = ("auto", "torch", "triton", "cpu")
 
 
 def _use_triton(backend: str, device: torch.device) -> bool:
@@ -24,6 +24,13 @@ def _use_triton(backend: str, device: torch.device) -> bool:
         raise ValueError("backend='triton' needs triton installed and CUDA tensors (or TRITON_INTERPRET=1 "
                          "set before lark_fast is imported)")
     return backend == "triton" or (backend == "auto" and runnable)
+
+
+def _use_cpu(backend: str, device: torch.device) -> bool:
+    runnable = CPU_AVAILABLE and device.type == "cpu"
+    if backend == "cpu" and not runnable:
+        raise ValueError("backend='cpu' needs CPU tensors (and lark_fast._C built with the lm_head_stats kernel)")
+    return backend == "cpu" or (backend == "auto" and runnable)
 
 
 def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -51,7 +58,8 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     not require grad: no weight gradient is formed.
 
     ``backend``: "auto" runs the fused Triton kernel on CUDA tensors (or everywhere when triton was
-    imported with TRITON_INTERPRET=1) and the chunked torch path otherwise; "torch" / "triton" force.
+    imported with TRITON_INTERPRET=1), the fused C++ kernel on CPU tensors and the chunked torch path
+    otherwise; "torch" / "triton" / "cpu" force. The backward always recomputes with torch or Triton.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
@@ -66,7 +74,8 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
             raise ValueError(f"{name}: requires grad, but lm_head_stats differentiates only with respect to hidden; "
                              "freeze the LM head (requires_grad_(False))")
     triton = _use_triton(backend, hidden.device)
-    impl = lm_head_stats_triton if triton else lm_head_stats_torch
+    cpu = not triton and _use_cpu(backend, hidden.device)
+    impl = lm_head_stats_triton if triton else lm_head_stats_cpu if cpu else lm_head_stats_torch
     options = dict(bias=bias, logit_scale=float(logit_scale), softcap=None if softcap is None else float(softcap),
                    ignore_index=ignore_index)
     with torch.no_grad():

@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from lark_fast import ops
-from lark_fast.kernels.lm_head_stats import (RANK_TIE, TRITON_INTERPRET, lm_head_stats_naive, lm_head_stats_torch,
-                                             lm_head_stats_triton)
+from lark_fast.kernels.lm_head_stats import (CPU_AVAILABLE, RANK_TIE, TRITON_INTERPRET, lm_head_stats_cpu,
+                                             lm_head_stats_naive, lm_head_stats_torch, lm_head_stats_triton)
 
 if lm_head_stats_triton is None:
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -273,7 +273,8 @@ def test_unavailable_triton_backend_is_an_error(monkeypatch):
     h, W, y = make(3, 8, 20)
     with pytest.raises(ValueError, match="backend='triton'"):
         ops.lm_head_stats(h, W, y, backend="triton")
-    assert torch.equal(ops.lm_head_stats(h, W, y).nll, lm_head_stats_torch(h, W, y).nll)  # auto falls back
+    fallback = lm_head_stats_cpu if CPU_AVAILABLE and DEV == "cpu" else lm_head_stats_torch  # the default without triton
+    assert torch.equal(ops.lm_head_stats(h, W, y).nll, fallback(h, W, y).nll)  # auto falls back
 
 
 AHEAD = f"""
