@@ -256,6 +256,8 @@ def main(argv=None):
             "torch": torch.__version__, "triton": triton_version, "simd": cpu_simd() if CPU_AVAILABLE else ""}
     meta["git"] = os.environ.get("LARK_GIT_SHA") or meta["git"] or "unknown"
 
+    if device == "cpu" and CPU_AVAILABLE:
+        print(f"lark-cpu: the C++ kernel's instruction set is {meta['simd']}", flush=True)
     rows = run_sweep(args, dtype) if args.sweep else run_shapes(args, device, dtype)
     tag = args.tag or ("sweep" if args.sweep else device if device == "cpu" else "gpu")
     path = write_csv(Path(args.out) / f"lm_head_stats_{tag}.csv", rows, meta)

@@ -12,7 +12,6 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "lm_head_stats.hpp"
@@ -43,7 +42,8 @@ const Kernel& active_kernel() {
 }
 
 // Blocks of token groups per thread: enough for dynamic scheduling to even out a shared machine, few enough
-// that each block's pass over the weight serves many tokens.
+// that each block's pass over the weight serves many tokens (at most kBlockTokens, whose packed hidden
+// states a block holds).
 constexpr int64_t kBlocksPerThread = 4;
 constexpr int64_t kBlockTokens = 256;
 
@@ -123,7 +123,8 @@ py::tuple lm_head_stats(const py::array& hidden, const py::array& weight, const 
   if (!hidden.dtype().is(py::dtype::of<float>()) || hidden.ndim() != 2)
     fail("hidden: expected a float32 array [N, d], got " + dtype_of(hidden) + " with " +
          std::to_string(hidden.ndim()) + " dimensions");
-  const bool weight_ok = weight_bf16 ? weight.itemsize() == 2 && (weight.dtype().kind() == 'u' || weight.dtype().kind() == 'i')
+  const char kind = weight.dtype().kind();
+  const bool weight_ok = weight_bf16 ? weight.itemsize() == 2 && (kind == 'u' || kind == 'i')
                                      : weight.dtype().is(py::dtype::of<float>());
   if (!weight_ok || weight.ndim() != 2)
     fail(std::string("weight: expected a ") + (weight_bf16 ? "uint16 (bf16 bits)" : "float32") + " array [V, d], got " +
@@ -190,8 +191,9 @@ py::tuple lm_head_stats(const py::array& hidden, const py::array& weight, const 
 #else
   const int n_threads = 1;
 #endif
-  const int64_t per_block = std::clamp<int64_t>((groups + n_threads * kBlocksPerThread - 1) / (n_threads * kBlocksPerThread),
-                                                1, kBlockTokens / kernel.group);
+  const int64_t target_blocks = n_threads * kBlocksPerThread;
+  const int64_t per_block =
+      std::clamp<int64_t>((groups + target_blocks - 1) / target_blocks, 1, kBlockTokens / kernel.group);
   const int64_t blocks = (groups + per_block - 1) / per_block, block_tokens = per_block * kernel.group;
   std::atomic<bool> failed{false};
   {

@@ -117,7 +117,8 @@ def test_matches_float64_oracle(N, d, V, dtype):
     assert (ref["rank_lo"] == ref["rank_hi"])[keep].float().mean() > 0.9, "the rank band must pin most ranks"
 
 
-@pytest.mark.parametrize("bias,scale,cap", [(True, 1.0, None), (False, 0.37, None), (True, 2.5, 3.0), (False, 1.0, 0.5)])
+@pytest.mark.parametrize("bias,scale,cap", [(True, 1.0, None), (False, 0.37, None), (True, 2.5, 3.0),
+                                            (False, 1.0, 0.5)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_bias_scale_softcap(bias, scale, cap, dtype):
     h, W, y = make(29, 40, 777, dtype, seed=2)
