@@ -297,6 +297,8 @@ py::array_t<double> chi2_path(const py::array& energies, const Offsets& offsets,
 
 }  // namespace
 
+void register_lm_head_stats(py::module_& m);  // lm_head_stats_bind.cpp
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "lark_fast host-side solvers (C++17, no torch headers); see lark_fast.solver";
   m.def("lark_weights", &lark_weights, py::arg("energies"), py::arg("offsets"), py::arg("B"), py::kw_only(),
@@ -308,4 +310,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("chi2_global", &chi2_global, py::arg("energies"), py::kw_only(), py::arg("tau"), py::arg("radius"),
         py::arg("ref"), py::arg("cap"), py::arg("offsets"), py::arg("group_cap"));
   m.def("chi2_path", &chi2_path, py::arg("energies"), py::arg("offsets"), py::kw_only(), py::arg("ref"));
+  register_lm_head_stats(m);
 }

@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep-parts", action="store_true", help="keep <output>.parts/ after the final table is written")
     s.add_argument("--no-packing", action="store_true", help="right-padded batches instead of packed rows")
     s.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="LM-head statistics: auto (default; Triton on CUDA, torch on CPU), " + ", ".join(BACKENDS[1:])
+                   help="LM-head statistics: auto (default; Triton on CUDA, the C++ kernel on CPU), " + ", ".join(BACKENDS[1:])
                         + " (also $LARK_FAST_BACKEND)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     g = s.add_argument_group("gradient sketches (docs/method.md §4)")

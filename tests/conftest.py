@@ -3,8 +3,9 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 # Under the interpreter "auto" would route every scorer test through the Triton interpreter (minutes);
-# scorer-level tests use the torch path unless they ask for the kernel (the kernel has its own tests).
-os.environ.setdefault("LARK_FAST_BACKEND", "torch")
+# scorer-level tests use the CPU default, the C++ kernel (torch for ops without one), unless they ask for
+# another backend (each kernel has its own tests).
+os.environ.setdefault("LARK_FAST_BACKEND", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -15,7 +15,8 @@ import triton.language as tl
 
 from lark_fast import ops
 from lark_fast.kernels.backend import INTERPRET as TRITON_INTERPRET
-from lark_fast.kernels.lm_head_stats import RANK_TIE, lm_head_stats_naive, lm_head_stats_torch, lm_head_stats_triton
+from lark_fast.kernels.lm_head_stats import (CPU_AVAILABLE, RANK_TIE, lm_head_stats_cpu, lm_head_stats_naive,
+                                             lm_head_stats_torch, lm_head_stats_triton)
 
 if lm_head_stats_triton is None:
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -290,7 +291,8 @@ def test_unavailable_triton_backend_is_an_error(monkeypatch):
     with pytest.raises(ValueError, match="backend='triton'.*triton is not installed"):
         ops.lm_head_stats(h, W, y, backend="triton")
     auto = ops.lm_head_stats(h, W, y, backend="auto")
-    assert torch.equal(auto.nll, lm_head_stats_torch(h, W, y).nll)  # auto falls back
+    fallback = lm_head_stats_cpu if CPU_AVAILABLE and DEV == "cpu" else lm_head_stats_torch  # the default without triton
+    assert torch.equal(auto.nll, fallback(h, W, y).nll)  # auto falls back
 
 
 AHEAD = f"""

@@ -8,6 +8,8 @@ import torch
 from ..backend import BACKENDS, choose_backend
 from ..lm_head_backward import lm_head_backward
 from .common import LMHeadStats, check_inputs, reduce_segments
+from .cpu import AVAILABLE as CPU_AVAILABLE
+from .cpu import lm_head_stats_cpu
 from .torch_chunked import lm_head_stats_torch
 
 try:
@@ -16,6 +18,8 @@ except ImportError:  # triton is optional
     lm_head_stats_triton = None
 
 MAX_SKETCH = 256
+AVAILABLE = tuple(b for b in BACKENDS if b != "cpu" or CPU_AVAILABLE)
+IMPLEMENTATIONS = {"torch": lm_head_stats_torch, "triton": lm_head_stats_triton, "cpu": lm_head_stats_cpu}
 
 
 def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
@@ -43,11 +47,12 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     it: the backward recomputes the logits from ``lse`` tile by tile (``lm_head_backward``).
     ``weight`` and ``bias`` must not require grad: no weight gradient is formed.
 
-    ``backend`` (``kernels/backend.py``): "auto" runs the fused Triton kernel where it runs and the
-    chunked torch path elsewhere; "torch" / "triton" force one.
+    ``backend`` (``kernels/backend.py``): "auto" runs the fused Triton kernel where it runs (CUDA), the
+    fused C++ kernel on CPU tensors and the chunked torch path otherwise; "torch" / "triton" / "cpu"
+    force one. The backward recomputes with Triton after "triton", with torch otherwise.
     """
     backend = choose_backend("lm_head_stats", backend, hidden.device if isinstance(hidden, torch.Tensor)
-                             else torch.device("cpu"), BACKENDS)
+                             else torch.device("cpu"), AVAILABLE)
     check_inputs(hidden, weight, targets, bias, logit_scale, softcap, cu_seqlens, topk, ignore_index)
     if not isinstance(sketch_dim, int) or isinstance(sketch_dim, bool) or not 0 <= sketch_dim <= MAX_SKETCH:
         raise ValueError(f"sketch_dim: expected an int in [0, {MAX_SKETCH}], got {sketch_dim!r}")
@@ -58,7 +63,7 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
         if differentiable and t is not None and t.requires_grad:
             raise ValueError(f"{name}: requires grad, but lm_head_stats differentiates only with respect to hidden; "
                              "freeze the LM head (requires_grad_(False))")
-    impl = lm_head_stats_triton if backend == "triton" else lm_head_stats_torch
+    impl = IMPLEMENTATIONS[backend]
     options = dict(bias=bias, logit_scale=float(logit_scale), softcap=None if softcap is None else float(softcap),
                    ignore_index=ignore_index)
     with torch.no_grad():
@@ -67,7 +72,8 @@ def lm_head_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
         if cu_seqlens is not None:
             stats.segments = reduce_segments(stats, targets, cu_seqlens, ignore_index)
     if differentiable:
-        stats.nll = _HeadNLL.apply(hidden, stats.nll, stats.lse, weight, targets, backend, options)
+        backward = "triton" if backend == "triton" else "torch"
+        stats.nll = _HeadNLL.apply(hidden, stats.nll, stats.lse, weight, targets, backward, options)
     return stats
 
 

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ..backend import BACKENDS, choose_backend
+from ..backend import choose_backend
 from .common import check_inputs, token_coefficients
 from .torch_chunked import WeightedCETorch
 
@@ -13,6 +13,9 @@ try:
     from .fused import WeightedCETriton
 except ImportError:  # triton is not installed: the torch path serves every device
     WeightedCETriton = None
+
+AVAILABLE = ("auto", "torch", "triton")  # no C++ kernel: "auto" is torch on CPU
+
 
 
 def weighted_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -26,7 +29,7 @@ def weighted_ce(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     nothing and their rows of dH are 0. ``backend`` as ``lm_head_stats`` (``kernels/backend.py``).
     """
     backend = choose_backend("weighted_ce", backend, hidden.device if isinstance(hidden, torch.Tensor)
-                             else torch.device("cpu"), BACKENDS)
+                             else torch.device("cpu"), AVAILABLE)
     check_inputs(hidden, weight, targets, token_weights, normalizer, bias, logit_scale, softcap, cu_seqlens,
                  traj_weights, ignore_index)
     coef = token_coefficients(targets, token_weights, normalizer, cu_seqlens, traj_weights, ignore_index)
