@@ -1,6 +1,6 @@
-// χ² selection with one budget over all items (SPEC §5, "at scale"): the pool of chi2.hpp is every item,
-// p is normalised over all valid items and Σ q = 1, with item caps q ≤ c and optional group caps
-// Σ_{k∈g} q_k ≤ C_g. The KKT conditions give a held group its own threshold ν_g > ν, so
+// χ² selection with one budget over all items (docs/method.md §5, "at scale"): the pool of chi2.hpp is
+// every item, p is normalised over all valid items and Σ q = 1, with item caps q ≤ c and optional group
+// caps Σ_{k∈g} q_k ≤ C_g. The KKT conditions give a held group its own threshold ν_g > ν, so
 //     T_g(ν) = Σ_{k∈g} clip(s p_k (e_k − ν), 0, c),   group total = min(T_g(ν), C_g),
 // and the single global ν solves F(ν) = Σ_g min(T_g(ν), C_g) = 1, the outer one-dimensional root. F is
 // continuous, non-increasing and piecewise linear (its slope comes from the free items of groups not held),
@@ -17,6 +17,8 @@
 //      evaluated while writing the weights (solve_threshold's speculative write), so the result
 //      costs no separate write pass (one more if the guess was wrong).
 // Memory: the inputs, the output and O(N / kChunkItems) scratch.
+// Translation units: the vector passes of each instruction set in chi2_global_<isa>.cpp
+// (chi2_global_isa.inc); the dispatch and the scalar kernels in chi2_global.cpp.
 #pragma once
 
 #include <algorithm>
@@ -45,33 +47,6 @@ struct GroupCaps {
   double operator[](int64_t g) const { return values[per_group ? g : 0]; }
   explicit operator bool() const { return values != nullptr; }
 };
-
-#if LARK_HAVE_VECTOR
-#define LARK_W 2
-#define LARK_TARGET
-namespace chi2_generic {
-#include "chi2_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#endif
-
-#if LARK_HAVE_X86
-#define LARK_W 4
-#define LARK_TARGET LARK_TARGET_AVX2
-namespace chi2_avx2 {
-#include "chi2_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#define LARK_W 8
-#define LARK_TARGET LARK_TARGET_AVX512
-namespace chi2_avx512 {
-#include "chi2_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#endif
 
 // The scalar kernels (compilers without vector extensions): chi2.hpp's loops.
 struct ScalarKernels {
@@ -167,45 +142,42 @@ struct GlobalPool {
     return solve_threshold(eval, s, pool.cap, group_cap[g], nu, e_max, nu, NoWrite{}, 300, &at_nu);
   }
 
-  // F(ν) with its class sums over the chunks; with_divergence also solves held groups for their D(s)
-  // terms; with out, also writes the weights at ν.
-  template <bool kModel>
-  ClassSums pass(double nu, double s, bool with_divergence, double* out) const {
+  // F(ν) with its class sums over the chunks; kModel (the constrained form) also solves held groups for
+  // their D(s) terms; kWrite also writes the weights at ν to out. The solver uses (kModel, kWrite) =
+  // (false, false), (false, true) and (true, false), and only those are compiled.
+  template <bool kModel, bool kWrite>
+  ClassSums pass(double nu, double s, double* out) const {
     return over_chunks<ClassSums>(chunks, which, [&](int64_t c) {
       const int64_t b = chunks.items[c], e = chunks.items[c + 1];
-      if (!chunks.by_group())
-        return out ? K::template range<true, true, kModel>(pool, b, e, nu, s, out)
-                   : K::template range<true, false, kModel>(pool, b, e, nu, s, nullptr);
+      if (!chunks.by_group()) return K::template range<true, kWrite, kModel>(pool, b, e, nu, s, out);
       auto held = [&](int64_t g, const ClassSums& at) { return held_root(g, nu, s, at); };
       const int64_t g0 = chunks.groups[c], g1 = chunks.groups[c + 1];
-      return out ? K::template groups<true, kModel>(pool, offsets, g0, g1, group_cap, nu, s, with_divergence, held, out)
-                 : K::template groups<false, kModel>(pool, offsets, g0, g1, group_cap, nu, s, with_divergence, held,
-                                                     nullptr);
+      return K::template groups<kWrite, kModel>(pool, offsets, g0, g1, group_cap, nu, s, kModel, held, out);
     });
   }
-  ClassSums evaluate(double nu, double s, bool with_divergence, double* out = nullptr) const {
-    return with_divergence ? pass<true>(nu, s, true, out) : pass<false>(nu, s, false, out);
-  }
 
-  void write(double nu, double s, double* out) const { evaluate(nu, s, false, out); }
+  void write(double nu, double s, double* out) const { pass<false, true>(nu, s, out); }
 
   // An evaluation that also writes the weights (solve_threshold's speculative write).
   struct Write {
     static constexpr bool enabled = true;
     const GlobalPool* self;
     double s;
-    bool with_divergence;
     double* out;
-    ClassSums operator()(double x) const { return self->evaluate(x, s, with_divergence, out); }
+    ClassSums operator()(double x) const { return self->template pass<false, true>(x, s, out); }
   };
 
-  // Root of F = mass from nu in [lo, e_max]; with out, the last pass writes the weights when it can.
-  Root solve(double s, double lo, double nu, bool with_divergence, double* out = nullptr, double mass = 1.0,
-             int max_steps = 300) const {
-    auto eval = [&](double x) { return evaluate(x, s, with_divergence); };
+  // Root of F = mass from nu in [lo, e_max]; kModel: with the D(s) terms of held groups (the constrained
+  // form). With out (penalised form only: not written with kModel), the last pass writes the weights
+  // when it can.
+  template <bool kModel>
+  Root solve(double s, double lo, double nu, double* out = nullptr, double mass = 1.0, int max_steps = 300) const {
+    auto eval = [&](double x) { return pass<kModel, false>(x, s, nullptr); };
     const double start = std::min(nu, e_max);
-    if (!out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, NoWrite{}, max_steps);
-    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, Write{this, s, with_divergence, out}, max_steps);
+    if constexpr (!kModel) {
+      if (out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, Write{this, s, out}, max_steps);
+    }
+    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, NoWrite{}, max_steps);
   }
 
   // Evenly spaced chunks holding about kSampleShare of the items (at most kSampleChunks), and their
@@ -234,7 +206,7 @@ struct GlobalPool {
     GlobalPool part = *this;
     part.which = sample(&share);
     if (part.which.empty() || !(share > 0)) return nu;
-    const Root r = part.solve(s, lo, nu, false, nullptr, share, 60);
+    const Root r = part.template solve<false>(s, lo, nu, nullptr, share, 60);
     return std::isfinite(r.nu) ? r.nu : nu;
   }
 };
@@ -296,7 +268,7 @@ Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, in
   if (tau > 0) {
     const double s = 0.5 / tau, lo = std::min(mean - 2 * tau, lower(e_min, s));
     const double nu0 = global.sampled_start(s, lo, mean - 2 * tau);
-    const Root root = global.solve(s, lo, nu0, false, out);
+    const Root root = global.template solve<false>(s, lo, nu0, out);
     if (!root.written) global.write(root.nu, s, out);
     return {};
   }
@@ -304,7 +276,7 @@ Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, in
   // s → 0 limit (q_k = min(c, λ p_k), group caps applied): the smallest divergence the caps allow.
   const GlobalPool<K, Pool<T, R, true>> flat{pool.zero_energy(), offsets, group_cap, chunks, 0.0, {}};
   const bool capped = cap < kInf || group_cap;
-  const Root least = capped ? flat.solve(1.0, std::min(-1.0, lower(0.0, 1.0)), -1.0, true) : Root{-1.0, {}};
+  const Root least = capped ? flat.template solve<true>(1.0, std::min(-1.0, lower(0.0, 1.0)), -1.0) : Root{-1.0, {}};
   const double d_min = capped ? least.at.divergence(1.0, cap) : 0.0;
   if (radius <= d_min * (1 + 1e-12) + 1e-15) {
     if (radius < d_min * (1 - 1e-12) - 1e-15) return {Status::radius_infeasible, -1, d_min};
@@ -314,29 +286,44 @@ Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, in
   const double var = st.items.m2 / st.items.ref_sum;
   const double s0 = var > 0 ? std::sqrt((radius - d_min) / var) : 1.0;
   auto at_scale = [&](double s, double nu_start) {
-    return global.solve(s, std::min(nu_start, lower(e_min, s)), nu_start, true);
+    return global.template solve<true>(s, std::min(nu_start, lower(e_min, s)), nu_start);
   };
   const Scaled sol = solve_radius(at_scale, radius, cap, s0, mean - 1.0 / s0);
   global.write(sol.root.nu, sol.s, out);
   return {};
 }
 
+// solve_global_with on the vector kernels of one instruction set (chi2_simd.inc); defined in
+// chi2_global_<isa>.cpp for every input type (LARK_FOR_EACH_INPUT).
+namespace chi2_generic {
+template <typename T, typename R>
+Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
+                     double tau, double radius, double* out);
+}
+namespace chi2_avx2 {
+template <typename T, typename R>
+Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
+                     double tau, double radius, double* out);
+}
+namespace chi2_avx512 {
+template <typename T, typename R>
+Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
+                     double tau, double radius, double* out);
+}
+
+// The solve on the best instruction set the CPU has (the scalar kernels when there is none).
 template <typename T, typename R>
 Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
                      double tau, double radius, double* out) {
   switch (simd_level()) {
 #if LARK_HAVE_X86
-    case Simd::avx512:
-      return solve_global_with<chi2_avx512::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
-    case Simd::avx2:
-      return solve_global_with<chi2_avx2::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+    case Simd::avx512: return chi2_avx512::solve_global(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+    case Simd::avx2: return chi2_avx2::solve_global(pool, n, offsets, n_groups, group_cap, tau, radius, out);
 #endif
 #if LARK_HAVE_VECTOR
-    case Simd::generic:
-      return solve_global_with<chi2_generic::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+    case Simd::generic: return chi2_generic::solve_global(pool, n, offsets, n_groups, group_cap, tau, radius, out);
 #endif
-    default:
-      return solve_global_with<ScalarKernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+    default: return solve_global_with<ScalarKernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
   }
 }
 
