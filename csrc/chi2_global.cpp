@@ -1,4 +1,4 @@
-// chi2_global: the dispatch to the vector passes of chi2_global_<isa>.cpp, and the scalar passes
+// chi2_global: the solver, on the passes of chi2_global_<isa>.cpp or the scalar ones
 // (chi2_global.hpp; see solvers.hpp).
 #include "solvers.hpp"
 

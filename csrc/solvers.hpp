@@ -3,7 +3,7 @@
 // `extern template` declarations here keep the bindings' translation unit from compiling them again:
 //   lark_rule.cpp     lark_kernel (the dispatch to the vector kernels, lark_rule_<isa>.cpp), lark_rule_group
 //   chi2.cpp          solve_group (chi2_weights), chi2_path_group (chi2_path)
-//   chi2_global.cpp   solve_global (the dispatch to the vector passes, chi2_global_<isa>.cpp; the scalar ones)
+//   chi2_global.cpp   solve_global (on the passes of chi2_global_<isa>.cpp, or the scalar ones)
 #pragma once
 
 #include <cstdint>
