@@ -2,11 +2,17 @@
 
 Metadata lives in pyproject.toml; this file only carries what PEP 621 cannot express (package_dir
 mapping and the pybind11 extension `lark_fast._C`, compiled from csrc/ with OpenMP when available).
+
+The extension is several translation units (every csrc/*.cpp: the bindings, and the solvers per solver and
+per instruction set; see csrc/solvers.hpp), compiled in parallel: as many jobs as CPUs, or
+LARK_FAST_BUILD_JOBS (1: one at a time).
 """
 from glob import glob
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext, has_flag
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext, has_flag
 from setuptools import setup
+
+ParallelCompile("LARK_FAST_BUILD_JOBS", default=0).install()
 
 
 class BuildExt(build_ext):
@@ -23,6 +29,7 @@ ext_modules = [
         "lark_fast._C",
         sorted(glob("csrc/*.cpp")),
         include_dirs=["csrc"],
+        depends=sorted(glob("csrc/*.hpp") + glob("csrc/*.inc")),
         cxx_std=17,
         # -ffp-contract=off: no fused multiply-add, so the kernels of every instruction set (simd.hpp)
         # give the same bits.

@@ -4,6 +4,8 @@
 // validated here, with the GIL held; the work then runs with the GIL released, OpenMP over groups
 // (lark_weights, chi2_weights, chi2_path) or over fixed chunks (chi2_global). Errors are ValueErrors
 // naming the argument and the first offending group (or index, where there are no groups).
+// The solvers are compiled in their own translation units (solvers.hpp): this one compiles pybind11 and
+// the validation only.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -16,10 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "chi2.hpp"
-#include "chi2_global.hpp"
-#include "chi2_path.hpp"
-#include "lark_rule.hpp"
+#include "solvers.hpp"
 
 namespace py = pybind11;
 using namespace lark;

@@ -1,4 +1,5 @@
-// χ²-regularised selection over one pool of items (a group, or all items for chi2_global). SPEC §5.
+// χ²-regularised selection over one pool of items (a group, or all items for chi2_global); the
+// math is in docs/method.md §5.
 //
 // Reference p (Σ p = 1 over the valid items), item cap c (+inf: none), mass m (1 for a distribution).
 // Penalised:   max ⟨q, e⟩ − τ D(q‖p)   over 0 ≤ q ≤ c, Σ q = m,   D(q‖p) = Σ q_k²/p_k − 1.
@@ -32,6 +33,11 @@ inline constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Reference tag: p_k = 1 / (number of valid items of the pool).
 struct Uniform {};
+
+// Calls X(T, R) for every input type of the solvers: energies T in {float, double}, reference masses
+// R in {Uniform, float, double} (the explicit instantiations of the solver translation units).
+#define LARK_FOR_EACH_INPUT(X) \
+  X(float, Uniform) X(float, float) X(float, double) X(double, Uniform) X(double, float) X(double, double)
 
 // The items of a pool: energies read as e_k − shift, and reference masses p_k = ref[k] · ref_scale
 // (ref_scale alone for Uniform). Solvers set shift to the largest valid energy, so thresholds are held

@@ -1,6 +1,6 @@
-// χ² selection with one budget over all items (SPEC §5, "at scale"): the pool of chi2.hpp is every item,
-// p is normalised over all valid items and Σ q = 1, with item caps q ≤ c and optional group caps
-// Σ_{k∈g} q_k ≤ C_g. The KKT conditions give a held group its own threshold ν_g > ν, so
+// χ² selection with one budget over all items (docs/method.md §5, "at scale"): the pool of chi2.hpp is
+// every item, p is normalised over all valid items and Σ q = 1, with item caps q ≤ c and optional group
+// caps Σ_{k∈g} q_k ≤ C_g. The KKT conditions give a held group its own threshold ν_g > ν, so
 //     T_g(ν) = Σ_{k∈g} clip(s p_k (e_k − ν), 0, c),   group total = min(T_g(ν), C_g),
 // and the single global ν solves F(ν) = Σ_g min(T_g(ν), C_g) = 1, the outer one-dimensional root. F is
 // continuous, non-increasing and piecewise linear (its slope comes from the free items of groups not held),
@@ -17,6 +17,8 @@
 //      evaluated while writing the weights (solve_threshold's speculative write), so the result
 //      costs no separate write pass (one more if the guess was wrong).
 // Memory: the inputs, the output and O(N / kChunkItems) scratch.
+// Translation units: the passes of each instruction set in chi2_global_<isa>.cpp (chi2_global_isa.inc,
+// as function pointers: Passes); the solver, compiled once, and the scalar passes in chi2_global.cpp.
 #pragma once
 
 #include <algorithm>
@@ -45,33 +47,6 @@ struct GroupCaps {
   double operator[](int64_t g) const { return values[per_group ? g : 0]; }
   explicit operator bool() const { return values != nullptr; }
 };
-
-#if LARK_HAVE_VECTOR
-#define LARK_W 2
-#define LARK_TARGET
-namespace chi2_generic {
-#include "chi2_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#endif
-
-#if LARK_HAVE_X86
-#define LARK_W 4
-#define LARK_TARGET LARK_TARGET_AVX2
-namespace chi2_avx2 {
-#include "chi2_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#define LARK_W 8
-#define LARK_TARGET LARK_TARGET_AVX512
-namespace chi2_avx512 {
-#include "chi2_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#endif
 
 // The scalar kernels (compilers without vector extensions): chi2.hpp's loops.
 struct ScalarKernels {
@@ -114,6 +89,65 @@ struct ScalarKernels {
   }
 };
 
+// A held group's own threshold as the passes call it: GlobalPool::held_root at the pass's ν and s, a
+// plain function with its context.
+struct HeldRoot {
+  const void* context;
+  Root (*root)(const void* context, int64_t g, const ClassSums& at_nu);
+  Root operator()(int64_t g, const ClassSums& at_nu) const { return root(context, g, at_nu); }
+};
+
+// The passes of one instruction set over a pool of type P, by address: stats, and range and groups for
+// each (kModel, kWrite) the solver uses (sums: neither, model: kModel, write: kWrite). So the solver
+// (solve_global_with) is compiled once, and each instruction set's translation unit compiles its passes
+// only. The flat pool (Pool<T, R, true>, the s → 0 limit) is only solved with its D(s) terms and
+// written: its other entries stay null.
+template <class P>
+struct Passes {
+  using Range = ClassSums (*)(const P&, int64_t begin, int64_t end, double nu, double s, double* out);
+  using Groups = ClassSums (*)(const P&, const int64_t* o, int64_t g0, int64_t g1, GroupCaps caps, double nu,
+                               double s, bool with_divergence, const HeldRoot& held, double* out);
+  RangeStats (*stats)(const P&, int64_t begin, int64_t end, int64_t* bad) = nullptr;
+  Range range_sums = nullptr, range_model = nullptr, range_write = nullptr;
+  Groups groups_sums = nullptr, groups_model = nullptr, groups_write = nullptr;
+};
+
+template <class P>
+inline constexpr bool kFlatPool = false;
+template <typename T, typename R>
+inline constexpr bool kFlatPool<Pool<T, R, true>> = true;
+
+// The passes of the kernels K (chi2_simd.inc's Kernels, or ScalarKernels).
+template <class K, class P>
+Passes<P> passes_of() {
+  Passes<P> p;
+  p.range_model = &K::template range<true, false, true, P>;
+  p.range_write = &K::template range<true, true, false, P>;
+  p.groups_model = &K::template groups<false, true, P, HeldRoot>;
+  p.groups_write = &K::template groups<true, false, P, HeldRoot>;
+  if constexpr (!kFlatPool<P>) {
+    p.stats = &K::template stats<P>;
+    p.range_sums = &K::template range<true, false, false, P>;
+    p.groups_sums = &K::template groups<false, false, P, HeldRoot>;
+  }
+  return p;
+}
+
+// The passes of each instruction set's kernels (chi2_simd.inc), compiled in chi2_global_<isa>.cpp for every
+// pool type (LARK_FOR_EACH_INPUT, flat or not).
+namespace chi2_generic {
+template <class P>
+Passes<P> passes();
+}
+namespace chi2_avx2 {
+template <class P>
+Passes<P> passes();
+}
+namespace chi2_avx512 {
+template <class P>
+Passes<P> passes();
+}
+
 // Chunks of about kChunkItems items; with group caps they end on group boundaries (groups [g0, g1)).
 struct Chunks {
   std::vector<int64_t> items, groups;  // bounds, size = number of chunks + 1
@@ -149,10 +183,11 @@ Sums over_chunks(const Chunks& chunks, const std::vector<int64_t>& which, const 
   return total;
 }
 
-// The pool of all items with its chunks, evaluated by the kernels K (chi2_simd.inc or ScalarKernels).
-template <class K, class P>
+// The pool of all items with its chunks, evaluated by the passes of one instruction set.
+template <class P>
 struct GlobalPool {
   P pool;
+  Passes<P> passes;
   const int64_t* offsets;
   GroupCaps group_cap;
   const Chunks& chunks;
@@ -167,45 +202,56 @@ struct GlobalPool {
     return solve_threshold(eval, s, pool.cap, group_cap[g], nu, e_max, nu, NoWrite{}, 300, &at_nu);
   }
 
-  // F(ν) with its class sums over the chunks; with_divergence also solves held groups for their D(s)
-  // terms; with out, also writes the weights at ν.
-  template <bool kModel>
-  ClassSums pass(double nu, double s, bool with_divergence, double* out) const {
+  // F(ν) with its class sums over the chunks; kModel (the constrained form) also solves held groups for
+  // their D(s) terms; kWrite also writes the weights at ν to out. The solver uses (kModel, kWrite) =
+  // (false, false), (false, true) and (true, false), and only those are compiled.
+  template <bool kModel, bool kWrite>
+  ClassSums pass(double nu, double s, double* out) const {
+    static_assert(!(kModel && kWrite), "not used by the solver");
+    const auto range = kModel ? passes.range_model : kWrite ? passes.range_write : passes.range_sums;
+    const auto groups = kModel ? passes.groups_model : kWrite ? passes.groups_write : passes.groups_sums;
+    const HeldAt at{this, nu, s};
+    const HeldRoot held{&at, &HeldAt::root};
     return over_chunks<ClassSums>(chunks, which, [&](int64_t c) {
       const int64_t b = chunks.items[c], e = chunks.items[c + 1];
-      if (!chunks.by_group())
-        return out ? K::template range<true, true, kModel>(pool, b, e, nu, s, out)
-                   : K::template range<true, false, kModel>(pool, b, e, nu, s, nullptr);
-      auto held = [&](int64_t g, const ClassSums& at) { return held_root(g, nu, s, at); };
+      if (!chunks.by_group()) return range(pool, b, e, nu, s, out);
       const int64_t g0 = chunks.groups[c], g1 = chunks.groups[c + 1];
-      return out ? K::template groups<true, kModel>(pool, offsets, g0, g1, group_cap, nu, s, with_divergence, held, out)
-                 : K::template groups<false, kModel>(pool, offsets, g0, g1, group_cap, nu, s, with_divergence, held,
-                                                     nullptr);
+      return groups(pool, offsets, g0, g1, group_cap, nu, s, kModel, held, out);
     });
   }
-  ClassSums evaluate(double nu, double s, bool with_divergence, double* out = nullptr) const {
-    return with_divergence ? pass<true>(nu, s, true, out) : pass<false>(nu, s, false, out);
-  }
 
-  void write(double nu, double s, double* out) const { evaluate(nu, s, false, out); }
+  // held_root at the ν and s of a pass (HeldRoot::context).
+  struct HeldAt {
+    const GlobalPool* self;
+    double nu, s;
+    static Root root(const void* context, int64_t g, const ClassSums& at_nu) {
+      const HeldAt& at = *static_cast<const HeldAt*>(context);
+      return at.self->held_root(g, at.nu, at.s, at_nu);
+    }
+  };
+
+  void write(double nu, double s, double* out) const { pass<false, true>(nu, s, out); }
 
   // An evaluation that also writes the weights (solve_threshold's speculative write).
   struct Write {
     static constexpr bool enabled = true;
     const GlobalPool* self;
     double s;
-    bool with_divergence;
     double* out;
-    ClassSums operator()(double x) const { return self->evaluate(x, s, with_divergence, out); }
+    ClassSums operator()(double x) const { return self->template pass<false, true>(x, s, out); }
   };
 
-  // Root of F = mass from nu in [lo, e_max]; with out, the last pass writes the weights when it can.
-  Root solve(double s, double lo, double nu, bool with_divergence, double* out = nullptr, double mass = 1.0,
-             int max_steps = 300) const {
-    auto eval = [&](double x) { return evaluate(x, s, with_divergence); };
+  // Root of F = mass from nu in [lo, e_max]; kModel: with the D(s) terms of held groups (the constrained
+  // form). With out (penalised form only: not written with kModel), the last pass writes the weights
+  // when it can.
+  template <bool kModel>
+  Root solve(double s, double lo, double nu, double* out = nullptr, double mass = 1.0, int max_steps = 300) const {
+    auto eval = [&](double x) { return pass<kModel, false>(x, s, nullptr); };
     const double start = std::min(nu, e_max);
-    if (!out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, NoWrite{}, max_steps);
-    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, Write{this, s, with_divergence, out}, max_steps);
+    if constexpr (!kModel) {
+      if (out) return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, Write{this, s, out}, max_steps);
+    }
+    return solve_threshold(eval, s, pool.cap, mass, lo, e_max, start, NoWrite{}, max_steps);
   }
 
   // Evenly spaced chunks holding about kSampleShare of the items (at most kSampleChunks), and their
@@ -234,7 +280,7 @@ struct GlobalPool {
     GlobalPool part = *this;
     part.which = sample(&share);
     if (part.which.empty() || !(share > 0)) return nu;
-    const Root r = part.solve(s, lo, nu, false, nullptr, share, 60);
+    const Root r = part.template solve<false>(s, lo, nu, nullptr, share, 60);
     return std::isfinite(r.nu) ? r.nu : nu;
   }
 };
@@ -253,12 +299,13 @@ struct GlobalStats {
   }
 };
 
-template <class K, class P>
-GlobalStats global_stats(const P& pool, const int64_t* offsets, GroupCaps group_cap, const Chunks& chunks) {
+template <class P>
+GlobalStats global_stats(const Passes<P>& passes, const P& pool, const int64_t* offsets, GroupCaps group_cap,
+                         const Chunks& chunks) {
   return over_chunks<GlobalStats>(chunks, {}, [&](int64_t c) {
     GlobalStats st;
     const int64_t b = chunks.items[c], e = chunks.items[c + 1];
-    st.items = K::stats(pool, b, e, &st.bad);
+    st.items = passes.stats(pool, b, e, &st.bad);
     if (!chunks.by_group() || st.bad >= 0) return st;
     const bool all_valid = st.items.n_valid == e - b;  // else count each group's valid items
     for (int64_t g = chunks.groups[c]; g < chunks.groups[c + 1]; ++g) {
@@ -274,12 +321,14 @@ GlobalStats global_stats(const P& pool, const int64_t* offsets, GroupCaps group_
   });
 }
 
+// The solve on the passes of one instruction set: passes for the pool, flat_passes for its s → 0 limit.
 // offsets may be nullptr (no groups) unless group_cap is set.
-template <class K, typename T, typename R>
-Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
+template <typename T, typename R>
+Outcome solve_global_with(const Passes<Pool<T, R>>& passes, const Passes<Pool<T, R, true>>& flat_passes,
+                          Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
                           double tau, double radius, double* out) {
   const Chunks chunks(n, offsets, n_groups, static_cast<bool>(group_cap));
-  const GlobalStats st = global_stats<K>(pool, offsets, group_cap, chunks);
+  const GlobalStats st = global_stats(passes, pool, offsets, group_cap, chunks);
   if (st.bad >= 0) return {Status::bad_item, st.bad, 0};
   if (st.items.n_valid == 0) return {Status::no_valid, -1, 0};
   const double room = pool.cap * static_cast<double>(st.items.n_valid);
@@ -290,21 +339,21 @@ Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, in
   pool.shift = st.items.e_max;
   const double p_min = st.items.ref_min * pool.ref_scale, cap = pool.cap;
   const double e_min = st.items.e_min - pool.shift, mean = st.items.mean - pool.shift;  // the largest is 0
-  const GlobalPool<K, Pool<T, R>> global{pool, offsets, group_cap, chunks, 0.0, {}};
+  const GlobalPool<Pool<T, R>> global{pool, passes, offsets, group_cap, chunks, 0.0, {}};
   auto lower = [&](double e_min, double s) { return lower_threshold(e_min, p_min, s, cap, st.group_cap_max); };
 
   if (tau > 0) {
     const double s = 0.5 / tau, lo = std::min(mean - 2 * tau, lower(e_min, s));
     const double nu0 = global.sampled_start(s, lo, mean - 2 * tau);
-    const Root root = global.solve(s, lo, nu0, false, out);
+    const Root root = global.template solve<false>(s, lo, nu0, out);
     if (!root.written) global.write(root.nu, s, out);
     return {};
   }
 
   // s → 0 limit (q_k = min(c, λ p_k), group caps applied): the smallest divergence the caps allow.
-  const GlobalPool<K, Pool<T, R, true>> flat{pool.zero_energy(), offsets, group_cap, chunks, 0.0, {}};
+  const GlobalPool<Pool<T, R, true>> flat{pool.zero_energy(), flat_passes, offsets, group_cap, chunks, 0.0, {}};
   const bool capped = cap < kInf || group_cap;
-  const Root least = capped ? flat.solve(1.0, std::min(-1.0, lower(0.0, 1.0)), -1.0, true) : Root{-1.0, {}};
+  const Root least = capped ? flat.template solve<true>(1.0, std::min(-1.0, lower(0.0, 1.0)), -1.0) : Root{-1.0, {}};
   const double d_min = capped ? least.at.divergence(1.0, cap) : 0.0;
   if (radius <= d_min * (1 + 1e-12) + 1e-15) {
     if (radius < d_min * (1 - 1e-12) - 1e-15) return {Status::radius_infeasible, -1, d_min};
@@ -314,30 +363,41 @@ Outcome solve_global_with(Pool<T, R> pool, int64_t n, const int64_t* offsets, in
   const double var = st.items.m2 / st.items.ref_sum;
   const double s0 = var > 0 ? std::sqrt((radius - d_min) / var) : 1.0;
   auto at_scale = [&](double s, double nu_start) {
-    return global.solve(s, std::min(nu_start, lower(e_min, s)), nu_start, true);
+    return global.template solve<true>(s, std::min(nu_start, lower(e_min, s)), nu_start);
   };
   const Scaled sol = solve_radius(at_scale, radius, cap, s0, mean - 1.0 / s0);
   global.write(sol.root.nu, sol.s, out);
   return {};
 }
 
+// The solve on the best instruction set the CPU has (the scalar passes when there is none).
 template <typename T, typename R>
 Outcome solve_global(Pool<T, R> pool, int64_t n, const int64_t* offsets, int64_t n_groups, GroupCaps group_cap,
                      double tau, double radius, double* out) {
+  using Items = Pool<T, R>;
+  using Flat = Pool<T, R, true>;
+  Passes<Items> passes = passes_of<ScalarKernels, Items>();
+  Passes<Flat> flat_passes = passes_of<ScalarKernels, Flat>();
   switch (simd_level()) {
 #if LARK_HAVE_X86
     case Simd::avx512:
-      return solve_global_with<chi2_avx512::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+      passes = chi2_avx512::passes<Items>();
+      flat_passes = chi2_avx512::passes<Flat>();
+      break;
     case Simd::avx2:
-      return solve_global_with<chi2_avx2::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+      passes = chi2_avx2::passes<Items>();
+      flat_passes = chi2_avx2::passes<Flat>();
+      break;
 #endif
 #if LARK_HAVE_VECTOR
     case Simd::generic:
-      return solve_global_with<chi2_generic::Kernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+      passes = chi2_generic::passes<Items>();
+      flat_passes = chi2_generic::passes<Flat>();
+      break;
 #endif
-    default:
-      return solve_global_with<ScalarKernels>(pool, n, offsets, n_groups, group_cap, tau, radius, out);
+    default: break;
   }
+  return solve_global_with(passes, flat_passes, pool, n, offsets, n_groups, group_cap, tau, radius, out);
 }
 
 }  // namespace lark

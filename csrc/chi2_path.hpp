@@ -1,4 +1,5 @@
-// Support path of the penalised χ² problem without caps (chi2.hpp), one group at a time. SPEC §5.
+// Support path of the penalised χ² problem without caps (chi2.hpp), one group at a time
+// (docs/method.md §5).
 //
 // Sort a group's K valid energies e_(1) ≥ ... ≥ e_(K), with reference p normalised over them. The optimum
 // has support exactly the top j for τ in (τ_{j−1}, τ_j], where item j + 1 enters at ν = e_(j+1):

@@ -1,4 +1,4 @@
-// The published LARK selection rule, one group (problem) at a time. SPEC §5.
+// The published LARK selection rule, one group (problem) at a time (docs/method.md §5).
 //
 // A = the B largest energies, t = e_(B+1) (the first excluded value),
 // q_k = (e_k - t) / sum_{i in A} (e_i - t) on A and 0 elsewhere.
@@ -16,7 +16,9 @@
 //   * lark_range (lark_simd.inc), the vector kernels for B + 1 <= kCascadeMax: lanes are groups, only
 //     the B + 1 best values are kept, and groups whose result depends on the order by index (no spread,
 //     a +inf, nothing valid) are handed to lark_rule_group. Elsewhere the two agree bit for bit.
-// lark_groups runs groups [g0, g1) with the best kernel the CPU has (simd.hpp).
+// lark_kernel gives the range kernel for a budget on the best instruction set the CPU has (simd.hpp).
+// Translation units: the vector kernels of each instruction set in lark_rule_<isa>.cpp (lark_rule_isa.inc),
+// lark_rule_group, scalar_range and lark_kernel in lark_rule.cpp.
 #pragma once
 
 #include <algorithm>
@@ -136,37 +138,6 @@ int64_t lark_rule_group(const T* e, int64_t n, int64_t B, double* out, Ranked<T>
 // Groups longer than this run one at a time in the vector kernels (lanes = interleaved subsets).
 inline constexpr int64_t kColumns = 64;
 
-#if LARK_HAVE_VECTOR
-#define LARK_W 2
-#define LARK_SHUFFLE 0
-#define LARK_TARGET
-namespace generic {
-#include "lark_simd.inc"
-}
-#undef LARK_W
-#undef LARK_SHUFFLE
-#undef LARK_TARGET
-#endif
-
-#if LARK_HAVE_X86
-#define LARK_W 4
-#define LARK_SHUFFLE 1
-#define LARK_TARGET LARK_TARGET_AVX2
-namespace avx2 {
-#include "lark_simd.inc"
-}
-#undef LARK_W
-#undef LARK_TARGET
-#define LARK_W 8
-#define LARK_TARGET LARK_TARGET_AVX512
-namespace avx512 {
-#include "lark_simd.inc"
-}
-#undef LARK_W
-#undef LARK_SHUFFLE
-#undef LARK_TARGET
-#endif
-
 template <typename T>
 int64_t scalar_range(const T* e, const int64_t* o, int64_t g0, int64_t g1, int64_t B, double* out,
                      Ranked<T>* ranked, bool) {
@@ -181,33 +152,36 @@ using RangeFn = int64_t (*)(const T*, const int64_t*, int64_t, int64_t, int64_t,
 // Outputs above this many bytes are written with non-temporal stores (they would not stay in cache).
 inline constexpr int64_t kStreamBytes = int64_t{16} << 20;
 
-template <typename T, int Keep>
-RangeFn<T> range_kernel(Simd simd) {
-  switch (simd) {
-#if LARK_HAVE_X86
-    case Simd::avx512: return &avx512::lark_range<Keep, T>;
-    case Simd::avx2: return &avx2::lark_range<Keep, T>;
-#endif
-#if LARK_HAVE_VECTOR
-    case Simd::generic: return &generic::lark_range<Keep, T>;
-#endif
-    default: return &scalar_range<T>;
-  }
+// The vector kernel of one instruction set for Keep = B + 1 in [2, kCascadeMax] (lark_range<Keep, T>), or
+// nullptr for other budgets; defined in lark_rule_<isa>.cpp for T = float, double.
+namespace generic {
+template <typename T>
+RangeFn<T> range_kernel(int64_t keep);
+}
+namespace avx2 {
+template <typename T>
+RangeFn<T> range_kernel(int64_t keep);
+}
+namespace avx512 {
+template <typename T>
+RangeFn<T> range_kernel(int64_t keep);
 }
 
 // The kernel for budget B on this CPU (fixed for a call, so results do not depend on the threads).
 template <typename T>
 RangeFn<T> lark_kernel(int64_t B, Simd simd = simd_level()) {
-  switch (B + 1) {
-    case 2: return range_kernel<T, 2>(simd);
-    case 3: return range_kernel<T, 3>(simd);
-    case 4: return range_kernel<T, 4>(simd);
-    case 5: return range_kernel<T, 5>(simd);
-    case 6: return range_kernel<T, 6>(simd);
-    case 7: return range_kernel<T, 7>(simd);
-    case 8: return range_kernel<T, 8>(simd);
-    default: return &scalar_range<T>;
+  RangeFn<T> kernel = nullptr;
+  switch (simd) {
+#if LARK_HAVE_X86
+    case Simd::avx512: kernel = avx512::range_kernel<T>(B + 1); break;
+    case Simd::avx2: kernel = avx2::range_kernel<T>(B + 1); break;
+#endif
+#if LARK_HAVE_VECTOR
+    case Simd::generic: kernel = generic::range_kernel<T>(B + 1); break;
+#endif
+    default: break;
   }
+  return kernel ? kernel : &scalar_range<T>;
 }
 
 }  // namespace lark

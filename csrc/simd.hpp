@@ -1,11 +1,13 @@
 // Instruction sets for the vector kernels, chosen once at run time.
 //
 // The kernels are written once with GCC vector extensions and compiled several times, each copy with a
-// function attribute for one instruction set (an X-include: lark_simd.inc, chi2_simd.inc). On x86-64
-// the copies are AVX-512 (8 doubles a lane), AVX2 (4) and the baseline SSE2 (2); elsewhere (ARM NEON,
-// ...) only the baseline copy exists. The best one the CPU and OS support is used; the environment
-// variable LARK_FAST_SIMD = avx512 | avx2 | generic | scalar caps it (tests run every path this way).
-// Compilers without GCC vector extensions get the scalar code only.
+// function attribute for one instruction set (an X-include: lark_simd.inc, chi2_simd.inc), each copy in
+// its own translation unit (lark_rule_<isa>.cpp, chi2_global_<isa>.cpp; setup.py compiles them in
+// parallel). On x86-64 the copies are AVX-512 (8 doubles a lane), AVX2 (4) and the baseline SSE2 (2);
+// elsewhere (ARM NEON, ...) only the baseline copy exists. The best one the CPU and OS support is used;
+// the environment variable LARK_FAST_SIMD = avx512 | avx2 | generic | scalar caps it (tests run every
+// path this way). Compilers without GCC vector extensions get the scalar code only. LARK_HAVE_VECTOR
+// and LARK_HAVE_X86 may be set to 0 on the command line (-D) to build without those copies.
 #pragma once
 
 #include <algorithm>
@@ -17,15 +19,19 @@
 #include <omp.h>
 #endif
 
+#ifndef LARK_HAVE_VECTOR
 #if defined(__GNUC__) && !defined(__clang__)
 #define LARK_HAVE_VECTOR 1
 #else
 #define LARK_HAVE_VECTOR 0
 #endif
+#endif
+#ifndef LARK_HAVE_X86
 #if LARK_HAVE_VECTOR && defined(__x86_64__)
 #define LARK_HAVE_X86 1
 #else
 #define LARK_HAVE_X86 0
+#endif
 #endif
 
 namespace lark {
@@ -78,10 +84,7 @@ inline Simd simd_level() {
 
 }  // namespace lark
 
-#if LARK_HAVE_VECTOR && defined(__x86_64__)
-#include <immintrin.h>
-#endif
-
+// (<immintrin.h> is included by the kernel translation units only: lark_rule_isa.inc, chi2_global_isa.inc.)
 #if LARK_HAVE_X86
 #define LARK_TARGET_AVX512 __attribute__((target("avx512f")))
 #define LARK_TARGET_AVX2 __attribute__((target("avx2")))

@@ -1,0 +1,9 @@
+// The LARK rule's vector kernels for AVX-512, 8 doubles a lane (lark_rule_isa.inc).
+#include "simd.hpp"
+#if LARK_HAVE_X86
+#define LARK_ISA avx512
+#define LARK_TARGET LARK_TARGET_AVX512
+#define LARK_W 8
+#define LARK_SHUFFLE 1
+#include "lark_rule_isa.inc"
+#endif
