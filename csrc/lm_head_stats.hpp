@@ -23,6 +23,9 @@
 #include <cstring>
 
 #include "simd.hpp"
+#if defined(__x86_64__)
+#include <immintrin.h>  // the kernels' lane masks (lm_head_stats_simd.inc)
+#endif
 
 namespace lark::lm_head {
 

@@ -6,8 +6,6 @@
 #include "lm_head_stats.hpp"
 
 #if LARK_HAVE_X86
-#include <immintrin.h>
-
 namespace lark::lm_head::avx2 {
 #define LARK_TARGET __attribute__((target("avx2,fma")))
 #define LARK_LANES 8

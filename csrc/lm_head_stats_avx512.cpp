@@ -6,8 +6,6 @@
 #include "lm_head_stats.hpp"
 
 #if LARK_HAVE_X86
-#include <immintrin.h>
-
 namespace lark::lm_head::avx512 {
 #define LARK_TARGET __attribute__((target("avx512f,avx2,fma")))
 #define LARK_LANES 16
