@@ -28,9 +28,7 @@ import argparse
 import csv
 import gc
 import os
-import platform
 import re
-import subprocess
 import time
 import tracemalloc
 from pathlib import Path
@@ -127,21 +125,6 @@ def peak_memory_mb(fn) -> tuple[float, float]:
     return max(rss, 0.0), traced
 
 
-def machine(simd: str) -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd, "threads": os.environ.get("OMP_NUM_THREADS", "all"),
-            "git": sha}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8], help="item counts N")
@@ -157,10 +140,11 @@ def main(argv=None):
     if args.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read when the extension's OpenMP starts
     from lark_fast import solver
+    from lark_fast.measure import machine
 
     if args.quick:
         args.sizes, args.repeats = [1e6], 1
-    info = machine(solver.simd())
+    info = {**machine(), "simd": solver.simd(), "threads": os.environ.get("OMP_NUM_THREADS", "all")}
     print(f"# {info}")
     rows = []
     rng = np.random.default_rng(0)

@@ -70,11 +70,11 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
       scoring)
         # the GPU machine has no CHAMP / SmolLM2 packages: benchmarks/gpu_assets.sh puts a pool and the
         # tokenizer under .gpu_assets/ (carry it along)
-        step scoring-0.5b 120 $PY benchmarks/bench_scoring.py --device cuda --shape qwen2.5-0.5b \
-          --input .gpu_assets/pool.jsonl --tokenizer .gpu_assets/tokenizer \
-          --max-tokens-per-batch 32768 --output bench_scoring_gpu_0.5b.csv
-        step scoring-7b-32k 150 $PY benchmarks/bench_scoring.py --device cuda --shape qwen2.5-7b --synthetic 32768 \
-          --methods lark_fast,reference --max-tokens-per-batch 32768 --output bench_scoring_gpu_7b_32k.csv
+        step scoring-0.5b 120 $PY benchmarks/bench_scoring.py --device cuda --dtype bfloat16 --workload qwen0.5b \
+          --input .gpu_assets/pool.jsonl --tokenizer .gpu_assets/tokenizer --repeats 2 --output bench_scoring_gpu_0.5b.csv
+        step scoring-7b-32k 150 $PY benchmarks/bench_scoring.py --device cuda --dtype bfloat16 --workload qwen7b-32k \
+          --input .gpu_assets/pool.jsonl --tokenizer .gpu_assets/tokenizer --long 1 --repeats 1 \
+          --providers lark_fast,published --output bench_scoring_gpu_7b_32k.csv
         cp benchmarks/results/bench_scoring_gpu_*.csv "$OUT_DIR/" 2>/dev/null ;;
       *) echo "!! unknown step group $group"; failed+=("$group") ;;
     esac
@@ -85,7 +85,8 @@ else
   step tests 300 $PY -m pytest tests/test_lm_head_stats_triton.py -q -rs --junitxml="$OUT_DIR/pytest.xml"
   step benchmark 300 $PY benchmarks/bench_lm_head_stats.py --cpu --n 16 --repeats 1 --tag gpu --out "$OUT_DIR"
   step sketch-kernels 300 $PY benchmarks/gpu_sketch_check.py --cpu --out "$OUT_DIR"
-  step scoring 300 $PY benchmarks/bench_scoring.py --problems 1 --max-length 256 --output "$OUT_DIR/bench_scoring_dryrun.csv"
+  step scoring 300 $PY benchmarks/bench_scoring.py --workload head --problems 1 --repeats 1 \
+    --output "$OUT_DIR/bench_scoring_dryrun.csv"
 fi
 
 echo "== [$((SECONDS - start)) s] done; failed: ${failed[*]:-none}"

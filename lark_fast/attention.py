@@ -6,6 +6,11 @@ does this from the restarting ``position_ids``. Otherwise lark_fast registers an
 soft-capping and sliding window) on each segment separately, with a causal (optionally
 sliding-window) mask of the segment's size: O(sum of segment^2) work, never a [T, T] mask.
 ``packed_attention(model)`` switches a model to it for the duration of a ``with`` block.
+
+A row may also hold a shared prefix once, followed by several continuations of it (``spans``): each
+continuation's queries attend to the prefix's keys and to its own, causally, as if the prefix were
+written before it (``packing.shared_prefix_row``). The prefix's hidden states are then computed once
+for all of them. This needs the flash-attn-free path (varlen flash-attn has no such mask).
 """
 from __future__ import annotations
 
@@ -33,33 +38,40 @@ def _inner_attention(module, name: str):
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
-def _segment_mask(n: int, window: Optional[int], additive: bool, dtype, device):
-    """Causal (and sliding-window: i - j < window) mask of one segment; None when SDPA's is_causal does it."""
-    if not additive and (window is None or n <= window):
+def _segment_mask(n_q: int, n_kv: int, window: Optional[int], additive: bool, dtype, device):
+    """Causal mask of n_q queries that are the last n_q of n_kv keys (and sliding-window: i - j < window);
+    None when SDPA's is_causal does it (n_q == n_kv, no window in play)."""
+    if not additive and n_q == n_kv and (window is None or n_kv <= window):
         return None
-    i = torch.arange(n, device=device)
-    allowed = i[:, None] >= i[None, :]
+    i = torch.arange(n_kv - n_q, n_kv, device=device)[:, None]  # query positions among the keys
+    j = torch.arange(n_kv, device=device)[None, :]
+    allowed = i >= j
     if window is not None:
-        allowed &= (i[:, None] - i[None, :]) < window
+        allowed &= (i - j) < window
     if not additive:
         return allowed[None, None]
-    return torch.zeros(n, n, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return torch.zeros(n_q, n_kv, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
 def segmented_attention(module, query, key, value, attention_mask, **kwargs):
-    """Attention of a packed row [1, H, T, D], one segment at a time (boundaries from ``segments``)."""
-    cu = _SEGMENTS.get()
+    """Attention of a packed row [1, H, T, D], one span at a time (from ``segments`` / ``spans``)."""
+    spans = _SEGMENTS.get()
     inner_name = _INNER.get()
     inner = _inner_attention(module, inner_name)
-    if cu is None:
+    if spans is None:
         return inner(module, query, key, value, attention_mask, **kwargs)
     if query.shape[0] != 1:
         raise RuntimeError("segmented attention expects one packed row per forward")
     window = kwargs.get("sliding_window")
     outs = []
-    for a, b in zip(cu[:-1], cu[1:]):
-        mask = _segment_mask(b - a, window, inner_name == "eager", query.dtype, query.device)
-        out, _ = inner(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], mask, **kwargs)
+    for (a, b), keys in spans:
+        if len(keys) == 1:
+            k, v = key[:, :, a:b], value[:, :, a:b]
+        else:
+            k = torch.cat([key[:, :, c:d] for c, d in keys], dim=2)
+            v = torch.cat([value[:, :, c:d] for c, d in keys], dim=2)
+        mask = _segment_mask(b - a, k.shape[2], window, inner_name == "eager", query.dtype, query.device)
+        out, _ = inner(module, query[:, :, a:b], k, v, mask, **kwargs)
         outs.append(out)  # [1, n, H, D]
     return torch.cat(outs, dim=1), None
 
@@ -122,7 +134,17 @@ def packed_attention(model):
 @contextlib.contextmanager
 def segments(cu_seqlens: list):
     """Segment boundaries (python ints, [S + 1]) of the packed row in the next forward."""
-    token = _SEGMENTS.set([int(x) for x in cu_seqlens])
+    cu = [int(x) for x in cu_seqlens]
+    with spans([((a, b), ((a, b),)) for a, b in zip(cu[:-1], cu[1:])]):
+        yield
+
+
+@contextlib.contextmanager
+def spans(query_spans: list):
+    """The attention layout of the packed row in the next forward: ``((a, b), key_spans)`` per run of
+    queries, in row order, covering the row; the queries attend causally to the concatenated key spans,
+    of which they are the last b - a positions (``key_spans`` ends with (a, b))."""
+    token = _SEGMENTS.set(query_spans)
     try:
         yield
     finally:

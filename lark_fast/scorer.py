@@ -21,7 +21,7 @@ import torch
 from . import attention, chat
 from .head import LMHead, hidden_before_head, verify_lm_head
 from .kernels.lm_head_backward import output_grad_chunks
-from .packing import packed_row
+from .packing import pack_ffd, pack_shared, packed_row, shared_prefix_row
 from .sketch import GradientSketcher, frozen
 
 
@@ -38,24 +38,29 @@ def eval_mode(model):
 @dataclass
 class Layout:
     """One batch's token layout: ``ids`` [B, T], ``position_ids`` (packed) or ``mask`` (padded),
-    ``cu_full`` (python ints: every position, one segment per record), ``gather`` (the positions
-    that predict the scored tokens) and ``cu_scored`` (int32: scored tokens per record)."""
+    ``spans`` (packed: the attention layout, ``attention.spans``), ``cu_full`` (python ints: every
+    position, one segment per record; None when records share a prefix), ``gather`` (the positions that
+    predict the scored tokens, in the flattened batch), ``targets`` (those tokens) and ``cu_scored``
+    (int32: scored tokens per record)."""
 
     ids: torch.Tensor
     position_ids: Optional[torch.Tensor]
     mask: Optional[torch.Tensor]
-    cu_full: list
+    spans: Optional[list]
+    cu_full: Optional[list]
     gather: torch.Tensor
+    targets: torch.Tensor
     cu_scored: torch.Tensor
 
 
 class Scorer:
     """Scores batches of tokenised records with one model; reusable across pools.
 
-    At construction, a self-check on two short random sequences (three small forwards) verifies that
-    the LM head reproduces the model's own logits (``verify_head``) and, with ``packing="auto"``, that a
-    packed forward with segment-wise attention equals separate ones; otherwise (or with "off") batches
-    are right-padded. ``backend`` chooses the LM-head statistics'
+    At construction, a self-check on short random sequences (five small forwards) verifies that the LM
+    head reproduces the model's own logits (``verify_head``) and, with ``packing="auto"``, that a packed
+    forward with segment-wise attention equals separate ones (otherwise, or with "off", batches are
+    right-padded), and that records sharing a prompt can share its forward (``shares_prefixes``; then
+    a batch writes each shared prompt once, except when sketching gradients, which must not mix). ``backend`` chooses the LM-head statistics'
     implementation (``ops.lm_head_stats``; None: $LARK_FAST_BACKEND, else "auto").
 
     ``sketch_dim=k`` adds per-trajectory gradient sketches (``lark_fast.sketch``) of the layers
@@ -80,83 +85,114 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = self.head.weight.device
         self.vocab_size = self.head.weight.shape[0]
-        self.packed = self._self_check(verify_head, packing == "auto")
+        self.packed, self.shares_prefixes = self._self_check(verify_head, packing == "auto")
         if exact_grad_norm and sketch_dim is None:
             raise ValueError("exact_grad_norm: validates the sketches, so it needs sketch_dim")
         self.sketcher = None if sketch_dim is None else GradientSketcher(
             model, self.head.module, sketch_dim, seed=sketch_seed, layers=sketch_layers, exact=exact_grad_norm)
 
-    def _self_check(self, verify_head: bool, packing: bool) -> bool:
-        """Verifies the head (raises) and tells whether packing reproduces separate forwards."""
+    def _self_check(self, verify_head: bool, packing: bool) -> tuple:
+        """Verifies the head (raises) and tells whether packing reproduces separate forwards, and whether
+        a packed row whose records share a prefix does too: (packed, shares_prefixes)."""
         g = torch.Generator().manual_seed(0)
-        seqs = [torch.randint(0, self.vocab_size, (n,), generator=g).tolist() for n in (9, 5)]
+        a, b = (torch.randint(0, self.vocab_size, (n,), generator=g).tolist() for n in (9, 5))
+        seqs = [a, b, a[:4] + b]  # the third shares a's first 4 tokens
         with torch.inference_mode(), eval_mode(self.model):
             first = torch.tensor([seqs[0]], device=self.device)
             if verify_head:
                 alone = [verify_lm_head(self.model, self.head, first)[0]]
             if not packing:
-                return False
+                return False, False
             if not verify_head:
                 alone = [hidden_before_head(self.model, self.head, first)[0]]
-            alone.append(hidden_before_head(self.model, self.head, torch.tensor([seqs[1]], device=self.device))[0])
+            alone += [hidden_before_head(self.model, self.head, torch.tensor([s], device=self.device))[0]
+                      for s in seqs[1:]]
         try:
-            with torch.inference_mode(), eval_mode(self.model):
-                ids, pos, cu = packed_row(seqs, self.device)
-                with attention.packed_attention(self.model), attention.segments(cu.tolist()):
+            with torch.inference_mode(), eval_mode(self.model), attention.packed_attention(self.model):
+                ids, pos, cu = packed_row(seqs[:2], self.device)
+                with attention.segments(cu.tolist()):
                     packed = hidden_before_head(self.model, self.head, ids, position_ids=pos)[0]
+                ids, pos, spans, where = shared_prefix_row([seqs[0], seqs[2]], [4, 4], self.device)
+                with attention.spans(spans):
+                    shared = hidden_before_head(self.model, self.head, ids, position_ids=pos)[0]
         except RuntimeError as e:
             warnings.warn(f"packing unavailable for {type(self.model).__name__} ({e}); using padded batches")
-            return False
-        ref = torch.cat(alone).float()
-        err = (packed.float() - ref).abs().max().item()
-        tol = (1e-4 if ref.dtype == torch.float32 and packed.dtype == torch.float32 else 3e-2) * \
-            max(1.0, ref.abs().max().item())
-        if not err <= tol:
+            return False, False
+
+        def close(got, ref) -> tuple:
+            ref = ref.float()
+            tol = (1e-4 if ref.dtype == torch.float32 and got.dtype == torch.float32 else 3e-2) * \
+                max(1.0, ref.abs().max().item())
+            err = (got.float() - ref).abs().max().item()
+            return err <= tol, err
+
+        ok, err = close(packed, torch.cat(alone[:2]))
+        if not ok:
             warnings.warn(f"{type(self.model).__name__}: a packed forward differs from separate ones by {err:.3g}; "
                           "using padded batches")
-            return False
-        return True
+            return False, False
+        shares, err = close(torch.cat([shared[where[0]], shared[where[1]]]), torch.cat([alone[0], alone[2]]))
+        if not shares and not attention.uses_flash_varlen(self.model):
+            warnings.warn(f"{type(self.model).__name__}: a shared-prefix forward differs from separate ones by "
+                          f"{err:.3g}; prompts are not shared")
+        return True, shares and not attention.uses_flash_varlen(self.model)
 
-    def layout(self, items: list) -> Layout:
-        """The token layout of a batch of ``Tokenized`` records (packed row or padded batch)."""
-        lengths = [len(t.input_ids) for t in items]
-        if self.packed:
-            ids, pos, cu = packed_row([t.input_ids for t in items], self.device)
-            cu_full, mask, starts = cu.tolist(), None, cu[:-1].tolist()
+    def batches(self, items: list, max_tokens: int, max_per_row: Optional[int], share_prefixes: bool) -> list:
+        """Rows of indices into ``items`` for ``score_batch``: first-fit decreasing by tokens, a prompt
+        shared by several records counted once when they will share it."""
+        seqs = [t.input_ids for t in items]
+        if self.packed and share_prefixes and self.shares_prefixes:
+            return pack_shared(seqs, [t.start for t in items], max_tokens, max_per_row)
+        return pack_ffd([len(s) for s in seqs], max_tokens, max_per_row)
+
+    def layout(self, items: list, share_prefixes: bool = False) -> Layout:
+        """The token layout of a batch of ``Tokenized`` records: a packed row (with ``share_prefixes`` and
+        ``self.shares_prefixes``, records with the same prompt share its forward) or a padded batch."""
+        seqs = [t.input_ids for t in items]
+        lengths = [len(s) for s in seqs]
+        spans = cu_full = mask = pos = None
+        if self.packed and share_prefixes and self.shares_prefixes:
+            ids, pos, spans, where = shared_prefix_row(seqs, [t.start for t in items], self.device)
+        elif self.packed:
+            ids, pos, cu = packed_row(seqs, self.device)
+            cu_full = cu.tolist()
+            spans = [((a, b), ((a, b),)) for a, b in zip(cu_full[:-1], cu_full[1:])]
+            where = [range(a, b) for a, b in zip(cu_full[:-1], cu_full[1:])]
         else:
             width = max(lengths)
             ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for i, t in enumerate(items):
-                ids[i, : lengths[i]] = torch.tensor(t.input_ids)
-                mask[i, : lengths[i]] = 1
-            ids, mask, pos = ids.to(self.device), mask.to(self.device), None
+            for i, n in enumerate(lengths):
+                ids[i, :n] = torch.tensor(seqs[i])
+                mask[i, :n] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
             cu_full = [i * width for i in range(len(items) + 1)]  # row i starts at i * T once flattened
-            starts = cu_full[:-1]
+            where = [range(i * width, i * width + n) for i, n in enumerate(lengths)]
         # token t of a record is predicted from position t - 1
-        gather = torch.cat([torch.arange(s + t.start - 1, s + n - 1) for s, t, n in zip(starts, items, lengths)])
+        gather = torch.tensor([w for t, wh, n in zip(items, where, lengths) for w in wh[t.start - 1:n - 1]],
+                              dtype=torch.long)
+        targets = torch.tensor([y for s, t in zip(seqs, items) for y in s[t.start:]], dtype=torch.long)
         counts = torch.tensor([0] + [n - t.start for t, n in zip(items, lengths)])
         cu_scored = counts.cumsum(0).to(device=self.device, dtype=torch.int32)
-        return Layout(ids, pos, mask, cu_full, gather.to(self.device), cu_scored)
+        return Layout(ids, pos, mask, spans, cu_full, gather.to(self.device), targets.to(self.device), cu_scored)
 
     def head_inputs(self, lay: Layout) -> tuple:
         """Head inputs at the scored positions [N, d] and their targets [N]."""
         if self.packed:
-            with attention.packed_attention(self.model), attention.segments(lay.cu_full):
+            with attention.packed_attention(self.model), attention.spans(lay.spans):
                 hidden = hidden_before_head(self.model, self.head, lay.ids, position_ids=lay.position_ids)
         else:
             hidden = hidden_before_head(self.model, self.head, lay.ids, lay.mask)
-        hidden, ids = hidden.reshape(-1, hidden.shape[-1]), lay.ids.reshape(-1)
-        return hidden[lay.gather], ids[lay.gather + 1]
+        return hidden.reshape(-1, hidden.shape[-1])[lay.gather], lay.targets
 
     def score_batch(self, items: list, sketch: bool = True) -> dict:
         """Per-record sums by name (``columns.STAT_SUMS``: ``n_tokens, nll, brier, entropy, rank_clipped,
         brier_topk, entropy_topk``, the last two NaN without top-K) for a list of ``Tokenized`` records with
         status ok; with a sketcher (and ``sketch``) also ``sketch`` [S, dim] fp32, ``grad_norm_sq`` and
         (exact mode) ``grad_norm_sq_exact``."""
-        lay = self.layout(items)
-        if self.sketcher is not None and sketch:
-            return self._score_and_sketch(lay)
+        if self.sketcher is not None and sketch:  # per-trajectory gradients: no shared activations
+            return self._score_and_sketch(self.layout(items))
+        lay = self.layout(items, share_prefixes=True)
         with torch.inference_mode(), eval_mode(self.model):
             hidden, targets = self.head_inputs(lay)
             seg = self.head.stats(hidden, targets, lay.cu_scored, self.topk, self.backend).segments

@@ -29,13 +29,13 @@ from .columns import to_columns
 from .dist import Shard
 from .dist import barrier as dist_barrier
 from .methods import EXTRA, FUSED, METHODS, SKETCH, RunSums, is_ok
-from .packing import pack_ffd
 from .pool import PoolReader
 from .scorer import Scorer
 from .scores import L_FLOOR, lark_energy_grad, trajectory_scores
 from .table import ScoreTable
 
 MAIN = "main"  # the kind of a record's own forward; extra forwards are named by their method
+WINDOW_TOKENS = 1 << 15  # forwards collected before packing: whole problems, so that they share their prompt
 
 
 def is_oom(e: BaseException) -> bool:
@@ -144,7 +144,7 @@ class ScoringRun:
                 for kind, t in forwards:
                     window.append((ordinal, kind, t))
                     window_tokens += len(t.input_ids)
-                if window_tokens >= 4 * self.max_tokens_per_batch:
+                if window_tokens >= max(4 * self.max_tokens_per_batch, WINDOW_TOKENS):
                     self._flush_window(window)
                     window, window_tokens = [], 0
             self._flush_window(window)
@@ -175,8 +175,10 @@ class ScoringRun:
 
     def _flush_window(self, window: list) -> None:
         """Scores a window: the records' own forwards first, then the extra ones, each packed into batches."""
+        sketching = self.scorer.sketcher is not None
         for group in ([w for w in window if w[1] == MAIN], [w for w in window if w[1] != MAIN]):
-            for row in pack_ffd([len(t.input_ids) for _, _, t in group], self.max_tokens_per_batch, self.batch_size):
+            share = not (sketching and group[:1] and group[0][1] == MAIN)
+            for row in self.scorer.batches([t for _, _, t in group], self.max_tokens_per_batch, self.batch_size, share):
                 self._score([group[i] for i in row])
 
     def _score(self, batch: list) -> None:
@@ -226,14 +228,12 @@ class ScoringRun:
 
 
 def default_batching(scorer: Scorer) -> tuple:
-    """(max_tokens_per_batch, batch_size) for a scorer's device and layout, as measured by
-    ``benchmarks/bench_batching.py``: on CUDA, packed rows of 8192 tokens (big GEMMs keep the GPU busy);
-    on CPU, where every packed budget from 512 to 8192 tokens and one trajectory per forward cost the
-    same within 4% (GEMM-bound; right-padded batches 16% more), packed rows of 2048 tokens, which keep
-    the activations small. Right-padded batches take 8 trajectories at most."""
-    if scorer.device.type == "cuda":
-        return 8192, None if scorer.packed else 8
-    return 2048, None if scorer.packed else 8
+    """(max_tokens_per_batch, batch_size) for a scorer: packed rows of 8192 tokens, at most 8 trajectories
+    per right-padded batch. On CUDA big rows keep the GPU busy; on CPU every packed budget from 512 to
+    8192 tokens and one trajectory per forward cost the same within 4% (``benchmarks/bench_batching.py``:
+    the forward is GEMM-bound; right-padded batches cost 16% more), and big rows let a problem's
+    candidates share one forward of their prompt."""
+    return 8192, None if scorer.packed else 8
 
 
 def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: Optional[int] = None,

@@ -13,7 +13,7 @@ from helpers import make_records, tiny_llama
 
 import lark_fast
 from lark_fast import scorer as scorer_mod
-from lark_fast.packing import pack_ffd
+from lark_fast.packing import pack_ffd, pack_shared, shared_prefix_row
 from lark_fast.table import ScoreTable
 
 SCORE_COLUMNS = ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50")
@@ -32,6 +32,49 @@ def mixed_records(n=24, seed=0):
     for i, r in enumerate(recs):
         r["messages"][-1]["content"] = ("x" if i % 4 == 0 else "long step " * (1 + 37 * (i % 5)))
     return recs
+
+
+def shared_prompt_records(n_problems=4, per_problem=4, seed=0):
+    """Every problem's candidates share its prompt (system + user turns), as a candidate pool does."""
+    recs = mixed_records(n_problems * per_problem, seed=seed)
+    for i, r in enumerate(recs):
+        p = i // per_problem
+        r["problem_id"] = f"prob-{p}"
+        r["messages"] = [{"role": "system", "content": "Think step by step. " * (1 + p)},
+                         {"role": "user", "content": f"Problem {p}: what is {p} + 1?"}, r["messages"][-1]]
+    return recs
+
+
+def test_pack_shared_counts_a_shared_prompt_once():
+    seqs = [[1, 2, 3, 4, 5], [1, 2, 3, 9], [7, 7, 7], [1, 2, 3, 8, 8, 8]]
+    prefix = [3, 3, 1, 3]  # 0, 1, 3 share [1, 2, 3]; 2 is alone
+    rows = pack_shared(seqs, prefix, capacity=9)
+    assert sorted(i for r in rows for i in r) == [0, 1, 2, 3]
+    assert [0, 1, 3] in rows  # 3 + 2 + 1 + 3 = 9 tokens with the prompt once (15 without)
+    assert all(len(r) <= 2 for r in pack_shared(seqs, prefix, capacity=100, max_per_row=2))
+    ids, pos, spans, where = shared_prefix_row(seqs, prefix)
+    assert ids.shape[1] == 3 + 2 + 1 + 3 + 3
+    for seq, w in zip(seqs, where):
+        assert ids[0, w].tolist() == seq and pos[0, w].tolist() == list(range(len(seq)))
+    assert spans[0] == ((0, 3), ((0, 3),)) and spans[1] == ((3, 5), ((0, 3), (3, 5)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_shared_prompts_equal_one_at_a_time(tokenizer, arch):
+    import transformers as tf
+    torch.manual_seed(0)
+    model = tiny_llama(seed=4) if arch == "llama" else tf.Gemma2ForCausalLM(tf.Gemma2Config(
+        vocab_size=517, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=12, max_position_embeddings=1024, sliding_window=16,
+        attn_logit_softcapping=5.0, initializer_range=0.3)).eval()
+    recs = shared_prompt_records(seed=5)
+    scorer = scorer_mod.Scorer(model, tokenizer)
+    assert scorer.packed and scorer.shares_prefixes
+    items = [scorer.chat(r["messages"]) for r in recs[:4]]
+    assert scorer.layout(items, share_prefixes=True).ids.shape[1] < sum(len(t.input_ids) for t in items)
+    alone = lark_fast.score(model, tokenizer, recs, batch_size=1, progress=False)
+    for capacity in (64, 8192):
+        assert_same(lark_fast.score(model, tokenizer, recs, max_tokens_per_batch=capacity, progress=False), alone)
 
 
 def test_pack_ffd():
