@@ -134,9 +134,14 @@ def packed_attention(model):
 @contextlib.contextmanager
 def segments(cu_seqlens: list):
     """Segment boundaries (python ints, [S + 1]) of the packed row in the next forward."""
-    cu = [int(x) for x in cu_seqlens]
-    with spans([((a, b), ((a, b),)) for a, b in zip(cu[:-1], cu[1:])]):
+    with spans(segment_spans(cu_seqlens)):
         yield
+
+
+def segment_spans(cu_seqlens: list) -> list:
+    """The ``spans`` layout of a row of separate segments: each attends to itself alone."""
+    cu = [int(x) for x in cu_seqlens]
+    return [((a, b), ((a, b),)) for a, b in zip(cu[:-1], cu[1:])]
 
 
 @contextlib.contextmanager

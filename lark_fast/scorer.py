@@ -156,7 +156,7 @@ class Scorer:
         elif self.packed:
             ids, pos, cu = packed_row(seqs, self.device)
             cu_full = cu.tolist()
-            spans = [((a, b), ((a, b),)) for a, b in zip(cu_full[:-1], cu_full[1:])]
+            spans = attention.segment_spans(cu_full)
             where = [range(a, b) for a, b in zip(cu_full[:-1], cu_full[1:])]
         else:
             width = max(lengths)
