@@ -131,17 +131,23 @@ class Scorer:
             warnings.warn(f"{type(self.model).__name__}: a packed forward differs from separate ones by {err:.3g}; "
                           "using padded batches")
             return False, False
+        if attention.uses_flash_varlen(self.model):  # its varlen path has no shared-prefix spans
+            return True, False
         shares, err = close(torch.cat([shared[where[0]], shared[where[1]]]), torch.cat([alone[0], alone[2]]))
-        if not shares and not attention.uses_flash_varlen(self.model):
+        if not shares:
             warnings.warn(f"{type(self.model).__name__}: a shared-prefix forward differs from separate ones by "
                           f"{err:.3g}; prompts are not shared")
-        return True, shares and not attention.uses_flash_varlen(self.model)
+        return True, shares
+
+    def _sharing(self, share_prefixes: bool) -> bool:
+        """Whether records with the same prompt share its forward: asked for, packed, and self-checked."""
+        return self.packed and share_prefixes and self.shares_prefixes
 
     def batches(self, items: list, max_tokens: int, max_per_row: Optional[int], share_prefixes: bool) -> list:
         """Rows of indices into ``items`` for ``score_batch``: first-fit decreasing by tokens, a prompt
         shared by several records counted once when they will share it."""
         seqs = [t.input_ids for t in items]
-        if self.packed and share_prefixes and self.shares_prefixes:
+        if self._sharing(share_prefixes):
             return pack_shared(seqs, [t.start for t in items], max_tokens, max_per_row)
         return pack_ffd([len(s) for s in seqs], max_tokens, max_per_row)
 
@@ -151,7 +157,7 @@ class Scorer:
         seqs = [t.input_ids for t in items]
         lengths = [len(s) for s in seqs]
         spans = cu_full = mask = pos = None
-        if self.packed and share_prefixes and self.shares_prefixes:
+        if self._sharing(share_prefixes):
             ids, pos, spans, where = shared_prefix_row(seqs, [t.start for t in items], self.device)
         elif self.packed:
             ids, pos, cu = packed_row(seqs, self.device)
