@@ -18,6 +18,7 @@ from helpers import make_records, run_cli, tiny_llama, write_pool
 
 import lark_fast
 from lark_fast import scorer as scorer_mod
+from lark_fast.cli import main
 from lark_fast.packing import pack_ffd, pack_shared, shared_prefix_row
 from lark_fast.runlock import RunLock, RunLocked
 from lark_fast.table import ScoreTable
@@ -194,8 +195,7 @@ def test_parts_carry_their_settings(model_dir, tmp_path):
     pool = write_pool(tmp_path / "pool.jsonl", mixed_records(12, seed=4))
     out = tmp_path / "s.parquet"
     args = ["score", "--model", model_dir, "--input", pool, "--output", out, "--quiet", "--checkpoint-every", "4"]
-    r = run_cli(args + ["--max-length", "64", "--keep-parts"])
-    assert r.returncode == 0, r.stderr
+    assert main([str(a) for a in args] + ["--max-length", "64", "--keep-parts"]) == 0
     (tmp_path / "s.parquet.parts" / "run.json").unlink(missing_ok=True)
     r = run_cli(args + ["--max-length", "100"])
     assert r.returncode == 2 and "other settings (max_length differ)" in r.stderr, r.stderr
@@ -289,8 +289,7 @@ def test_crash_and_resume(model_dir, tmp_path):
     gives the uninterrupted table and leaves no temporary file."""
     pool = write_pool(tmp_path / "pool.jsonl", mixed_records(60, seed=5))
     ref = tmp_path / "ref.parquet"
-    r = run_cli(["score", "--model", model_dir, "--input", pool, "--output", ref, "--quiet"])
-    assert r.returncode == 0, r.stderr
+    assert main(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(ref), "--quiet"]) == 0
 
     out = tmp_path / "out.parquet"
     parts = tmp_path / "out.parquet.parts"
