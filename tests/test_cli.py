@@ -185,7 +185,7 @@ def test_fail_mode_reads_the_whole_pool_first(tmp_path, capsys):
     assert not list(tmp_path.glob("s.parquet*"))
 
 
-def test_truncated_gzip_pool(model_dir, tmp_path):
+def test_truncated_gzip_pool(model_dir, tmp_path, capsys):
     """A truncated .jsonl.gz: a pool error at its last good line; with skip, what was read is scored and
     the run is marked incomplete (exit 3); with fail, nothing is scored (exit 2)."""
     pool = tmp_path / "pool.jsonl.gz"
@@ -199,9 +199,9 @@ def test_truncated_gzip_pool(model_dir, tmp_path):
     assert man["complete"] is False and 0 < n < 16
     assert f"{pool}:{n}: cannot read past line {n}, the rest of the pool is missing" in r.stderr
     assert "INCOMPLETE" in r.stdout and "Traceback" not in r.stderr
-    r = run_cli(["score", "--model", model_dir, "--input", pool, "--output", tmp_path / "f.parquet", "--quiet",
-                 "--on-error", "fail"])
-    assert r.returncode == 2 and f"cannot read past line {n}" in r.stderr and not (tmp_path / "f.parquet").exists()
+    assert main(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(tmp_path / "f.parquet"),
+                 "--on-error", "fail"]) == 2
+    assert f"cannot read past line {n}" in capsys.readouterr().err and not (tmp_path / "f.parquet").exists()
 
 
 READ_ONLY = """
