@@ -223,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most this many conversations per forward pass (default: the device's; no limit "
                              "when packing on CUDA, 8 for padded batches)")
 
-    s = sub.add_parser("score", help="score every trajectory of a pool with the student")
+    s = sub.add_parser("score", help="score every trajectory of a pool with the student",
+                       epilog="exit status: 0 done; 2 an error (bad input, a refused or locked run, a path or disk "
+                              "error; scored parts are kept); 3 the pool could not be read to its end (the table "
+                              "holds the records read before the break)")
     s.add_argument("--model", required=True, help="model directory, .gguf file, or installed package shipping one")
     s.add_argument("--input", required=True, help="pool (.jsonl, .jsonl.gz or .parquet; docs/method.md §7)")
     s.add_argument("--output", required=True, help="score table (.parquet or .jsonl)")
@@ -233,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated selection proxies to add as columns (fused-pass ones are always there); "
                         "see `lark-fast methods`")
     s.add_argument("--on-error", choices=ON_ERROR, default="skip",
-                   help="skip (default): report bad records and score the rest; fail: stop at the first")
+                   help="skip (default): report bad records and score the rest; fail: read the whole pool before "
+                        "the model loads and stop at the first bad record")
     s.add_argument("--format", choices=("table", "lark-json"), default="table",
                    help="lark-json: also write <output>.lark.json in the published scorer's layout")
     s.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's")
