@@ -41,11 +41,11 @@ class RunLock:
         if self.shard.rank == 0:
             try:
                 self._acquire()
-            except RunLocked as e:
-                error = str(e)
+            except Exception as e:  # every rank raises it, none waits for the others
+                error = e
         error = dist.broadcast(self.shard, error)
         if error is not None:
-            raise RunLocked(error)
+            raise error
         return self
 
     def __exit__(self, *exc) -> None:
