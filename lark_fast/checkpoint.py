@@ -1,10 +1,12 @@
 """Scoring results in parts: flushed atomically while scoring, resumed after a crash, merged at the end.
 
-A run directory holds ``run.json`` (the settings the parts were made with) and parts
-``part-r{rank}-{seq}.parquet``. Each part stores per-record sums keyed by ``ordinal`` (the record's
-position among the pool's valid records) and a checksum of its content in the Parquet metadata. A
-part that cannot be read, or whose content does not match its checksum, is reported, deleted and
-its records are scored again; a finished part is never trusted blindly.
+A run directory holds parts ``part-r{rank}-{seq}.parquet`` (and ``lock``, see ``runlock.RunLock``). Each
+part stores per-record sums keyed by ``ordinal`` (the record's position among the pool's valid records)
+and, in its Parquet metadata, the settings it was made with (model, pool, max length, top-K, methods,
+sketch options: the run's fingerprint) and a checksum of its content and settings. A part that cannot
+be read, or whose content does not match its checksum, is reported, deleted and its records are
+scored again; a part made with other settings than the current run's is refused (an error, never
+mixed in); a finished part is never trusted blindly.
 
 With gradient sketches, each part has a sidecar ``part-r{rank}-{seq}.sketch.npy``: one float16 row
 per record, the record's sketch divided by its ``sketch_scale`` (max |entry|, kept in float64 in
@@ -23,9 +25,11 @@ from typing import Optional
 import numpy as np
 
 from .columns import COLUMNS
-from .table import atomic_write, write_json
+from .fingerprint import file_sha256
+from .table import atomic_write, remove_stale_temporaries, write_json
 
 CHECKSUM_KEY = b"lark_fast.checksum"
+SETTINGS_KEY = b"lark_fast.settings"
 SKETCH_KEY = b"lark_fast.sketch_checksum"
 SKETCH_INDEX = ("sketch_part", "sketch_row")  # where load() found each row's sketch
 
@@ -72,8 +76,8 @@ def with_sketch_index(cols: dict, part: int) -> dict:
     return {**cols, SKETCH_INDEX[0]: np.full(n, part), SKETCH_INDEX[1]: np.arange(n)}
 
 
-def checksum(cols: dict) -> str:
-    h = hashlib.sha256()
+def checksum(cols: dict, settings: str) -> str:
+    h = hashlib.sha256(settings.encode())
     for k, t in COLUMNS.items():
         v = np.asarray(cols[k])
         h.update(k.encode())
@@ -82,26 +86,21 @@ def checksum(cols: dict) -> str:
 
 
 class RunDirectory:
-    """Parts of one scoring run. ``fingerprint`` (a dict of settings) must match to resume."""
+    """Parts of one scoring run, made with the settings ``fingerprint`` (a dict): resuming takes the
+    parts made with the same settings and refuses the directory when it holds parts made with others."""
 
     def __init__(self, path, fingerprint: dict, rank: int = 0, overwrite: bool = False):
         self.path = Path(path)
         self.rank = rank
         self.fingerprint = fingerprint
+        self.settings = json.dumps(fingerprint, sort_keys=True)
         self.problems: list = []  # messages about parts that were redone
-        run = self.path / "run.json"
         if overwrite and rank == 0 and self.path.exists():
             for p in [*self.path.glob("part-*.parquet"), *self.path.glob("part-*.sketch.npy")]:
                 p.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
-        if run.exists() and not overwrite:
-            before = json.loads(run.read_text())
-            diff = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
-            if diff:
-                raise ValueError(f"{self.path} holds parts of a run with other settings ({', '.join(diff)} differ); "
-                                 "pass --overwrite to start over, or another --output")
-        elif rank == 0:
-            write_json(run, fingerprint)
+        if rank == 0:
+            remove_stale_temporaries(self.path)  # of parts a killed process was writing
         self._seq = 1 + max((int(p.stem.split("-")[2]) for p in self.path.glob(f"part-r{rank:03d}-*.parquet")),
                             default=-1)
 
@@ -118,31 +117,32 @@ class RunDirectory:
         import pyarrow.parquet as pq
         table = pa.table({k: pa.array(np.asarray(cols[k]).tolist() if t is object else np.asarray(cols[k], dtype=t))
                           for k, t in COLUMNS.items()})
-        meta = {CHECKSUM_KEY: checksum(cols).encode()}
+        meta = {CHECKSUM_KEY: checksum(cols, self.settings).encode(), SETTINGS_KEY: self.settings.encode()}
         path = self.path / f"part-r{self.rank:03d}-{self._seq:06d}.parquet"
         if sketch is not None:
             with atomic_write(self.sketch_path(path), "wb") as f:
                 np.save(f, np.ascontiguousarray(sketch, dtype=np.float16))
-            meta[SKETCH_KEY] = _file_digest(self.sketch_path(path)).encode()
+            meta[SKETCH_KEY] = file_sha256(self.sketch_path(path)).encode()
         table = table.replace_schema_metadata(meta)
         with atomic_write(path, "wb") as f:
             pq.write_table(table, f)
         self._seq += 1
         return path
 
-    def read(self, path: Path) -> Optional[dict]:
-        """A part's columns, or None (after deleting it) when it is unreadable or corrupt."""
+    def read(self, path: Path) -> tuple:
+        """(columns, settings) of a part, or (None, None) after deleting it when it is unreadable or corrupt."""
         import pyarrow.parquet as pq
         try:
             table = pq.read_table(path)
             cols = {k: np.array(table.column(k).to_pylist(), dtype=t) for k, t in COLUMNS.items()}
             meta = table.schema.metadata or {}
-            if meta.get(CHECKSUM_KEY, b"").decode() != checksum(cols):
+            settings = meta.get(SETTINGS_KEY, b"").decode()
+            if meta.get(CHECKSUM_KEY, b"").decode() != checksum(cols, settings):
                 raise ValueError("checksum mismatch")
-            if self.fingerprint.get("sketch"):
+            if self.fingerprint.get("sketch") and settings == self.settings:
                 if SKETCH_KEY not in meta or not self.sketch_path(path).exists():
                     raise ValueError("its sketches are missing")
-                if meta[SKETCH_KEY].decode() != _file_digest(self.sketch_path(path)):
+                if meta[SKETCH_KEY].decode() != file_sha256(self.sketch_path(path)):
                     raise ValueError("sketch checksum mismatch")
         except Exception as e:  # truncated file, bad footer, missing column, edited content
             msg = f"{path.name}: corrupt part ({type(e).__name__}: {e}); its records are scored again"
@@ -153,13 +153,18 @@ class RunDirectory:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
-            return None
-        return cols
+            return None, None
+        return cols, settings
 
     def load(self) -> dict:
         """All valid parts' rows (every rank's), one row per ordinal; with sketches, also
-        ``SKETCH_INDEX`` into ``self.sketch_blocks`` (the parts' sidecars, memory-mapped)."""
-        parts = [(p, c) for p, c in ((p, self.read(p)) for p in self.parts()) if c is not None]
+        ``SKETCH_INDEX`` into ``self.sketch_blocks`` (the parts' sidecars, memory-mapped). Raises
+        ValueError when a part was made with other settings."""
+        read = [(p, *self.read(p)) for p in self.parts()]
+        foreign = [(p, s) for p, c, s in read if c is not None and s != self.settings]
+        if foreign:
+            raise ValueError(self._refusal(foreign))
+        parts = [(p, c) for p, c, _ in read if c is not None]
         if self.fingerprint.get("sketch"):
             self.sketch_blocks = [np.load(self.sketch_path(p), mmap_mode="r") for p, _ in parts]
             parts = [(p, with_sketch_index(c, i)) for i, (p, c) in enumerate(parts)]
@@ -167,13 +172,14 @@ class RunDirectory:
         _, first = np.unique(cols["ordinal"], return_index=True)
         return {k: v[np.sort(first)] for k, v in cols.items()}
 
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    def _refusal(self, foreign: list) -> str:
+        diff = set()
+        for _, settings in foreign:
+            before = json.loads(settings) if settings else {}
+            diff |= {k for k in set(before) | set(self.fingerprint) if before.get(k) != self.fingerprint.get(k)}
+        return (f"{self.path} holds parts of a run with other settings ({', '.join(sorted(diff))} differ) in "
+                f"{len(foreign)} parts (e.g. {foreign[0][0].name}); pass --overwrite to start over, or another "
+                "--output")
 
 
 def write_sketches(path, rows: SketchRows, dim: int, meta: dict) -> Path:

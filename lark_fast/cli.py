@@ -1,4 +1,8 @@
-"""Command line: ``lark-fast score | select | demo``. ``lark-fast <command> --help`` lists the flags."""
+"""Command line: ``lark-fast score | select | demo``. ``lark-fast <command> --help`` lists the flags.
+
+Exit status: 0 done; 2 an error, reported in one line (bad input, a refused or locked run, a path or
+disk error; a scoring run keeps its parts); 3 ``score`` finished but the pool could not be read to its
+end (the table has the records read before the break); 130 interrupted."""
 from __future__ import annotations
 
 import argparse
@@ -8,15 +12,29 @@ from pathlib import Path
 
 from .methods import METHODS
 from .pool import ON_ERROR, PoolError
-from .report import lark_json, manifest_path, report_issues, selection_summary, summarize_scores, versions
+from .report import lark_json, manifest_path, report_issues, selection_summary, summarize_scores, utc_now, versions
 
 
 def cmd_score(args) -> int:
     from . import dist
     from .models import resolve_device
-    from .table import table_format
+    from .pool import PoolReader
+    from .runlock import RunLock
+    from .table import check_output, remove_stale_temporaries, table_format
 
-    table_format(args.output)  # fail on a bad output name before loading anything
+    started = utc_now()
+    # everything that can be checked is checked before the model loads
+    table_format(args.output)
+    outputs = [Path(args.output)] + ([lark_json_path(args.output)] if args.format == "lark-json" else [])
+    files = outputs + [manifest_path(args.output)]
+    for path in files:
+        check_output(path)
+    run_dir = Path(str(args.output) + ".parts")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: is not a directory (it would hold the run's parts)")
+    reader = PoolReader(args.input, on_error=args.on_error)
+    if reader.count() == 0:
+        reader.require_records()
     template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
     shard = dist.shard_from_env()
     device = resolve_device(args.device)
@@ -26,52 +44,65 @@ def cmd_score(args) -> int:
         torch.cuda.set_device(device)
     dist.init(shard, device)
     try:
-        return _score(args, shard, device, template)
+        with RunLock(run_dir, shard):
+            if shard.rank == 0:
+                for path in files:
+                    remove_stale_temporaries(path.parent, path.name)  # a killed run's final write
+            if args.on_error == "fail":
+                reader.check()  # the whole pool, before the model loads
+            return _score(args, shard, device, template, reader, run_dir, outputs, started)
     finally:
         dist.close()
 
 
-def _score(args, shard, device, template) -> int:
+def _score(args, shard, device, template, reader, run_dir, outputs, started) -> int:
     import shutil
 
-    from .models import load_student
+    from .fingerprint import file_sha256
+    from .models import load_student, model_sha256
     from .scoring import score
     from .table import write_json
 
     model, tokenizer = load_student(args.model, device, args.dtype)
-    run_dir = Path(str(args.output) + ".parts")
-    table = score(model, tokenizer, args.input, max_length=args.max_length, batch_size=args.batch_size,
+    table = score(model, tokenizer, reader, max_length=args.max_length, batch_size=args.batch_size,
                   max_tokens_per_batch=args.max_tokens_per_batch, topk=args.topk, on_error=args.on_error,
                   methods=[m for m in args.methods.split(",") if m], chat_template=template,
                   progress=not args.quiet, packing="off" if args.no_packing else "auto", backend=args.backend,
                   run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard,
                   sketch_dim=args.sketch_dim, sketch_layers=sketch_layers(args.sketch_layers),
                   sketch_seed=args.sketch_seed, exact_grad_norm=args.exact_grad_norm, save_sketches=args.save_sketches)
+    status = 0 if table.info["complete"] else 3
     if shard.rank != 0:
-        return 0
+        return status
     if table.info["records_resumed"]:
         print(f"resumed: {table.info['records_resumed']} records were already scored in {run_dir}")
     for msg in table.info["corrupt_parts_redone"]:
         print(f"  {msg}", file=sys.stderr)
     report_issues(table.issues)
-    table.write(args.output)
-    written = [str(args.output)]
-    if args.format == "lark-json":
-        path = Path(args.output).with_suffix(".lark.json")
-        write_json(path, lark_json(table))
-        written.append(str(path))
     man = manifest_path(args.output)
-    write_json(man, {"command": "score", "input": str(args.input), "output": written, "model": str(args.model),
-                     "options": {k: v for k, v in vars(args).items() if k not in ("func",)},
-                     "info": table.info, "issues": [i.to_dict() for i in table.issues],
-                     "status_counts": dict(collections.Counter(table["status"].tolist())),
-                     "versions": versions()})
+    sha256 = {"pool": table.info["pool_sha256"], "model": model_sha256(args.model)}
+    try:
+        table.write(args.output)
+        if args.format == "lark-json":
+            write_json(outputs[1], lark_json(table))
+        write_json(man, {"command": "score", "input": str(args.input), "output": [str(p) for p in outputs],
+                         "model": str(args.model), "complete": table.info["complete"],
+                         "started_at": started, "finished_at": utc_now(),
+                         "sha256": {**sha256, "outputs": {str(p): file_sha256(p) for p in outputs}},
+                         "options": {k: v for k, v in vars(args).items() if k not in ("func",)},
+                         "info": table.info, "issues": [i.to_dict() for i in table.issues],
+                         "status_counts": dict(collections.Counter(table["status"].tolist())),
+                         "versions": versions()})
+    except OSError as e:
+        raise ValueError(f"cannot write {e.filename or args.output} ({e.strerror or e}); the scores are kept in "
+                         f"{run_dir}: run the same command again once it can be written (nothing is scored "
+                         "twice)") from None
     if not args.keep_parts:
         shutil.rmtree(run_dir, ignore_errors=True)
     for line in summarize_scores(table):
         print(line)
-    print("wrote " + ", ".join(written + [str(man)]))
-    return 0
+    print("wrote " + ", ".join(str(p) for p in outputs + [man]))
+    return status
 
 
 def sketch_layers(value: str):
@@ -81,18 +112,26 @@ def sketch_layers(value: str):
     return int(value) if value.isdigit() else value
 
 
-
+def lark_json_path(output) -> Path:
+    """``scores.parquet`` -> ``scores.lark.json``."""
+    return Path(output).with_suffix(".lark.json")
 
 
 def cmd_select(args) -> int:
+    from .fingerprint import file_sha256
     from .methods import method
     from .select import select, write_train_set
-    from .table import ScoreTable, write_json
+    from .table import ScoreTable, check_output, remove_stale_temporaries, write_json
 
+    started = utc_now()
     if args.method is not None:
         print("lark-fast select: --method is deprecated, use --rule ('method' now means a selection proxy, "
               "as in --by)", file=sys.stderr)
         args.rule = args.method
+    man = manifest_path(args.output)
+    for path in (Path(args.output), man):
+        check_output(path)
+        remove_stale_temporaries(path.parent, path.name)
     table = ScoreTable.read(args.scores)
     column = args.score_column or method(args.by).column
     weights = select(table, B=args.B, rule=args.rule, by=args.by, score_column=args.score_column, tau=args.tau,
@@ -100,21 +139,31 @@ def cmd_select(args) -> int:
     counts = write_train_set(args.input, table, weights, args.output, score_column=column, on_error=args.on_error)
     report_issues(counts["issues"])
     summary = selection_summary(table, weights, args.B, column)
-    man = manifest_path(args.output)
+    c = summary["counts"]
+    by_b = args.rule == "lark"  # the counts that refer to B
+    if not by_b:
+        for k in ("selected_with_zero_weight", "problems_with_fewer_than_B_valid"):
+            del c[k]
     write_json(man, {
         "command": "select", "scores": str(args.scores), "input": str(args.input), "output": str(args.output),
-        "rule": args.rule, "B": args.B, "by": args.by, "score_column": column, "tau": args.tau,
+        "rule": args.rule, "B": args.B if by_b else None, "by": args.by, "score_column": column, "tau": args.tau,
         "radius": args.radius, "cap": args.cap, "group_cap": args.group_cap,
-        "counts": {**summary["counts"], "written": counts["written"], "pool_records": counts["pool_records"],
+        "started_at": started, "finished_at": utc_now(),
+        "sha256": {"pool": file_sha256(args.input), "scores": file_sha256(args.scores),
+                   "outputs": {str(args.output): file_sha256(args.output)}},
+        "counts": {**c, "written": counts["written"], "pool_records": counts["pool_records"],
                    "pool_records_not_in_scores": counts["pool_records_not_in_scores"]},
-        "problems_with_fewer_than_B_valid": summary["problems_with_fewer_than_B_valid"],
+        "problems_with_fewer_than_B_valid": summary["problems_with_fewer_than_B_valid"] if by_b else None,
         "issues": [i.to_dict() for i in counts["issues"]], "versions": versions()})
-    c = summary["counts"]
-    print(f"selected {counts['written']} trajectories for {c['problems']} problems (B={args.B}); "
-          f"{c['problems_with_fewer_than_B_valid']} problems had fewer than B valid candidates")
-    if args.rule == "lark" and c["selected_with_zero_weight"]:
-        print(f"{c['selected_with_zero_weight']} top-B candidates tied with the threshold got weight 0 "
-              "and were left out")
+    if by_b:
+        print(f"selected {counts['written']} trajectories for {c['problems']} problems (B={args.B}); "
+              f"{c['problems_with_fewer_than_B_valid']} problems had fewer than B valid candidates")
+        if c["selected_with_zero_weight"]:
+            print(f"{c['selected_with_zero_weight']} top-B candidates tied with the threshold got weight 0 "
+                  "and were left out")
+    else:
+        print(f"selected {counts['written']} trajectories for {c['problems']} problems (rule {args.rule}); "
+              f"{c['problems_without_valid_candidates']} problems had no valid candidate")
     print(f"wrote {args.output}, {man}")
     return 0
 
@@ -174,7 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most this many conversations per forward pass (default: the device's; no limit "
                              "when packing on CUDA, 8 for padded batches)")
 
-    s = sub.add_parser("score", help="score every trajectory of a pool with the student")
+    s = sub.add_parser("score", help="score every trajectory of a pool with the student",
+                       epilog="exit status: 0 done; 2 an error (bad input, a refused or locked run, a path or disk "
+                              "error; scored parts are kept); 3 the pool could not be read to its end (the table "
+                              "holds the records read before the break)")
     s.add_argument("--model", required=True, help="model directory, .gguf file, or installed package shipping one")
     s.add_argument("--input", required=True, help="pool (.jsonl, .jsonl.gz or .parquet; docs/method.md §7)")
     s.add_argument("--output", required=True, help="score table (.parquet or .jsonl)")
@@ -184,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated selection proxies to add as columns (fused-pass ones are always there); "
                         "see `lark-fast methods`")
     s.add_argument("--on-error", choices=ON_ERROR, default="skip",
-                   help="skip (default): report bad records and score the rest; fail: stop at the first")
+                   help="skip (default): report bad records and score the rest; fail: read the whole pool before "
+                        "the model loads and stop at the first bad record")
     s.add_argument("--format", choices=("table", "lark-json"), default="table",
                    help="lark-json: also write <output>.lark.json in the published scorer's layout")
     s.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's")
@@ -264,7 +317,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PoolError, ValueError, FileNotFoundError) as e:
+    except (PoolError, ValueError, OSError) as e:  # bad input, a refused run, a disk or path error
         print(f"lark-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,8 +15,8 @@ import numpy as np
 from .methods import EXTRA_SUMS
 from .ops import SegmentSums
 
-IDENTITY = {"ordinal": np.int64, "problem_id": object, "candidate_id": object, "teacher": object, "truncated": bool,
-            "status": object, "reason": object}
+IDENTITY = {"ordinal": np.int64, "problem_id": object, "candidate_id": object, "teacher": object,
+            "content_hash": object, "truncated": bool, "status": object, "reason": object}
 STAT_SUMS = tuple(f.name for f in dataclasses.fields(SegmentSums))  # n_tokens, nll, brier, ...
 GRADIENT_SUMS = ("grad_norm_sq", "grad_norm_sq_exact", "sketch_scale")
 

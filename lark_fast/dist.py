@@ -1,8 +1,8 @@
 """Multi-process scoring under torchrun: rank r scores the valid records whose ordinal % world == r.
 
 ``torchrun --nproc_per_node N $(which lark-fast) score ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
-the process group (NCCL on CUDA, gloo on CPU) is only used for barriers: results travel through the
-run directory's part files.
+the process group (NCCL on CUDA, gloo on CPU) is only used for barriers and for rank 0 to tell the
+others whether it holds the run's lock: results travel through the run directory's part files.
 """
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def barrier(shard: Shard) -> None:
     import torch.distributed as dist
     if shard.world > 1 and dist.is_initialized():
         dist.barrier()
+
+
+def broadcast(shard: Shard, value):
+    """Rank 0's ``value`` on every rank (a small picklable object, e.g. an error message)."""
+    import torch.distributed as dist
+    if shard.world == 1 or not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def close() -> None:

@@ -80,6 +80,25 @@ def _converted_gguf(directory: Path, gguf: str) -> Path:
     return target
 
 
+def context_length(model) -> Optional[int]:
+    """The longest sequence the model was built for (``max_position_embeddings`` of its text config), or None."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def model_sha256(spec) -> str:
+    """sha256 of a model spec's files: the ``.gguf`` file, or every file of the model directory (name and
+    content, in name order)."""
+    from .fingerprint import file_sha256
+
+    directory, gguf = resolve_model(spec)
+    files = [directory / gguf] if gguf is not None else sorted(p for p in directory.iterdir() if p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
 def torch_dtype(name: Optional[str], device: str) -> torch.dtype:
     """``auto``: bf16 on a CUDA device that supports it, fp32 otherwise."""
     if name in (None, "auto"):

@@ -21,6 +21,7 @@ from .chat import ChatTokenizer
 from .groups import group_offsets
 from .measure import PeakMemory, machine, sync, write_csv
 from .methods import FUSED, METHODS, SKETCH, random_scores, ranking_score
+from .models import context_length
 from .pool import PoolReader
 from .published import reference_scores
 from .select import select
@@ -89,7 +90,7 @@ def run_proxies(model, tokenizer, pool, out_dir, *, B: int = 3, max_length=None,
     warm = [{"problem_id": r.problem_id, "candidate_id": r.candidate_id, "teacher": r.teacher, "messages": r.messages}
             for r in records[:2]]
     score(model, tokenizer, warm, **{**opts, "progress": False})  # warm-up: kernels, allocator
-    chat = ChatTokenizer(tokenizer, max_length=max_length or getattr(model.config, "max_position_embeddings", None))
+    chat = ChatTokenizer(tokenizer, max_length=max_length or context_length(model))
     _, tok_secs, tok_mb = measure("length", lambda: [chat(r.messages) for r in records])
     for name, topk, extra in (("lark", 0, ()), ("fused", 50, ()), ("ifd", 0, ("ifd",)),
                               ("local_naturalness", 0, ("local_naturalness",))):

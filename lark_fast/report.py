@@ -21,6 +21,12 @@ def manifest_path(output) -> Path:
     return p.with_name(name.rsplit(".", 1)[0] + ".manifest.json")
 
 
+def utc_now() -> str:
+    """The time of day for manifests: ISO 8601, UTC, to the second."""
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def versions() -> dict:
     import platform
 
@@ -51,6 +57,9 @@ def summarize_scores(table) -> list:
              f"({toks / max(secs, 1e-9):.0f} tokens/s)"]
     if table.issues:
         lines.append(f"skipped {len(table.issues)} bad records (see above)")
+    if not table.info.get("complete", True):
+        lines.append("INCOMPLETE: the pool could not be read to its end (see above); the table holds the records "
+                     "read before the break")
     unscorable = collections.Counter(status[~ok].tolist())
     if unscorable:
         lines.append("unscorable: " + ", ".join(f"{n} {s}" for s, n in unscorable.most_common()))

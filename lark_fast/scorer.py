@@ -21,6 +21,7 @@ import torch
 from . import attention, chat
 from .head import LMHead, hidden_before_head, verify_lm_head
 from .kernels.lm_head_backward import output_grad_chunks
+from .models import context_length
 from .packing import pack_ffd, pack_shared, packed_row, shared_prefix_row
 from .sketch import GradientSketcher, frozen
 
@@ -77,9 +78,12 @@ class Scorer:
         self.backend = backend
         self.model = model
         self.head = LMHead.from_model(model)
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        context = context_length(model)
         if max_length is None:
-            max_length = getattr(cfg, "max_position_embeddings", None)
+            max_length = context
+        elif context is not None and max_length > context:
+            warnings.warn(f"max_length={max_length} is above {type(model).__name__}'s context length ({context}): "
+                          "positions past it were never trained, and their scores are unreliable")
         self.chat = chat.ChatTokenizer(tokenizer, max_length=max_length, chat_template=chat_template)
         self.topk = topk
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -1,8 +1,8 @@
 """Scoring a pool: ``score`` and the run behind it (docs/method.md §3).
 
-``score`` validates its options, builds the ``Scorer``, opens the run directory (settings fingerprint,
-resume), runs a ``ScoringRun``, merges every process's parts and builds the score table
-(``build_table``). A ``ScoringRun`` is one process's share of the work:
+``score`` validates its options (and, with ``on_error="fail"``, the whole pool), builds the ``Scorer``,
+locks and opens the run directory (settings fingerprint, resume), runs a ``ScoringRun``, merges every
+process's parts and builds the score table (``build_table``). A ``ScoringRun`` is one process's share of the work:
 
 - a background thread reads and tokenises the pool (this shard's records not already done) and,
   for each record, the forwards the requested methods need (``Method.forwards``);
@@ -14,10 +14,11 @@ resume), runs a ``ScoringRun``, merges every process's parts and builds the scor
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import numpy as np
@@ -28,8 +29,10 @@ from .checkpoint import SKETCH_INDEX, RunDirectory, SketchRows, concat, quantize
 from .columns import to_columns
 from .dist import Shard
 from .dist import barrier as dist_barrier
+from .fingerprint import file_sha256
 from .methods import EXTRA, FUSED, METHODS, SKETCH, RunSums, is_ok
 from .pool import PoolReader
+from .runlock import RunLock
 from .scorer import Scorer
 from .scores import L_FLOOR, lark_energy_grad, trajectory_scores
 from .table import ScoreTable
@@ -70,7 +73,7 @@ class RecordRows:
             self.sketches.append(unit[0])
             row["sketch_scale"] = scale[0]
         row.update(ordinal=ordinal, problem_id=rec.problem_id, candidate_id=rec.candidate_id, teacher=rec.teacher,
-                   truncated=tok.truncated, status=status or tok.status,
+                   content_hash=rec.content_hash, truncated=tok.truncated, status=status or tok.status,
                    reason=reason if reason is not None else tok.reason)
         self.rows.append(row)
         if len(self.rows) >= self.every_records or time.monotonic() - self.last_flush >= self.every_seconds:
@@ -245,7 +248,11 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
           sketch_layers=None, sketch_seed: int = 0, exact_grad_norm: bool = False, save_sketches=None) -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (docs/method.md §3).
 
-    ``records``: a ``.jsonl``/``.parquet`` path or an iterable of dicts (docs/method.md §7). Returns one
+    ``records``: a ``.jsonl``/``.parquet`` path, an iterable of dicts (docs/method.md §7) or a ``PoolReader``
+    (which keeps its own ``on_error``). With ``on_error="fail"`` a file or a list is validated whole before
+    any scoring. A pool without a valid record is a ValueError; a file that cannot be read to its end
+    (a truncated ``.jsonl.gz``) gives the records read before the break, an issue at the last good line and
+    ``table.info["complete"]`` False (under "fail": a PoolError). Returns one
     row per record read, in input order, with columns ``problem_id, candidate_id, teacher, n_tokens,
     truncated, status, L, brier``, then the columns of the fused-pass methods of ``lark_fast.methods``
     (``rho, g_hat, entropy, rsr, global_naturalness``, with top-K ``topk_entropy`` and
@@ -258,7 +265,9 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     goes alone) and ``batch_size`` trajectories; None takes the device's default (``default_batching``). ``backend`` picks the LM-head statistics'
     implementation (``lark_fast.ops``; None reads $LARK_FAST_BACKEND, default "auto"). With ``run_dir``,
     results are flushed there in parts every ``checkpoint_every`` records (and every 2 minutes); a later
-    call with the same settings resumes, scoring only what is missing. ``shard`` (torchrun) splits the
+    call with the same settings resumes, scoring only what is missing, and one with other settings is refused
+    (ValueError); while it runs the directory is locked (``runlock.RunLock``: a second run on it fails with
+    ``RunLocked``). ``shard`` (torchrun) splits the
     pool across processes, which then need a shared ``run_dir``; every process returns the merged table.
 
     Gradient sketches (docs/method.md §4, ``lark_fast.sketch``): ``sketch_dim=k`` adds one
@@ -287,51 +296,56 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
         raise ValueError("max_tokens_per_batch and batch_size must be >= 1")
     if shard.world > 1 and run_dir is None:
         raise ValueError("run_dir: required when scoring with several processes")
+    reader = records if isinstance(records, PoolReader) else PoolReader(records, on_error=on_error)
+    if reader.on_error == "fail" and reader.rereadable:
+        reader.check()  # a bad record fails now, not after scoring everything before it
     scorer = Scorer(model, tokenizer, max_length=max_length, topk=topk, chat_template=chat_template,
                     verify_head=verify_head, packing=packing, backend=backend, sketch_dim=sketch_dim,
                     sketch_layers=sketch_layers, sketch_seed=sketch_seed, exact_grad_norm=exact_grad_norm)
     sketcher = scorer.sketcher
-    reader = PoolReader(records, on_error=on_error)
-    store = None
-    if run_dir is not None:
-        fingerprint = {"pool": _describe_source(reader), "model": _describe_model(model), "topk": topk,
-                       "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
-                       "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__,
-                       "sketch": sketcher.describe() if sketcher is not None else None}
-        store = _open_run_directory(run_dir, fingerprint, shard, overwrite)
-    done = set(store.load()["ordinal"].tolist()) if store is not None else set()
-    rows = RecordRows(store, checkpoint_every, 120.0, sketcher.dim if sketcher is not None else None)
-    default_tokens, default_size = default_batching(scorer)
-    max_tokens_per_batch = max_tokens_per_batch or default_tokens
-    batch_size = batch_size or default_size
-    run = ScoringRun(scorer, reader, rows, shard=shard, done=done, extra=extra,
-                     max_tokens_per_batch=max_tokens_per_batch, batch_size=batch_size, progress=progress)
-    run.run()
+    with RunLock(run_dir, shard) if run_dir is not None else contextlib.nullcontext():
+        store, pool = None, {}
+        if run_dir is not None:
+            pool = _describe_source(reader)
+            fingerprint = {"pool": pool, "model": _describe_model(model), "topk": topk,
+                           "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
+                           "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__,
+                           "sketch": sketcher.describe() if sketcher is not None else None}
+            store = _open_run_directory(run_dir, fingerprint, shard, overwrite)
+        done = set(store.load()["ordinal"].tolist()) if store is not None else set()
+        rows = RecordRows(store, checkpoint_every, 120.0, sketcher.dim if sketcher is not None else None)
+        default_tokens, default_size = default_batching(scorer)
+        max_tokens_per_batch = max_tokens_per_batch or default_tokens
+        batch_size = batch_size or default_size
+        run = ScoringRun(scorer, reader, rows, shard=shard, done=done, extra=extra,
+                         max_tokens_per_batch=max_tokens_per_batch, batch_size=batch_size, progress=progress)
+        run.run()
+        reader.require_records()
 
-    dist_barrier(shard)  # every rank's parts are written
-    cols = store.load() if store is not None else concat(rows.chunks)
-    dist_barrier(shard)  # every rank has read them (rank 0 may delete them next)
-    order = np.argsort(cols["ordinal"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    sketches = None
-    if sketcher is not None:
-        blocks = store.sketch_blocks if store is not None else rows.blocks
-        index = [cols.get(k, np.zeros(0, np.int64)) for k in SKETCH_INDEX]
-        sketches = SketchRows(blocks, *index, cols["sketch_scale"])
-    missing = sorted(set(range(reader.n_valid)) - set(cols["ordinal"].tolist()))
-    if missing:
-        raise RuntimeError(f"{len(missing)} records have no result (first ordinals {missing[:5]}); "
-                           "a process probably died: run the same command again to finish")
-    info = {"seconds": run.seconds, "scored_tokens_this_run": run.n_tokens, "forward_tokens": run.forward_tokens,
-            "records_read": reader.n_valid,
-            "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
-            "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
-            "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
-            "corrupt_parts_redone": store.problems if store is not None else [],
-            "sketch": sketcher.describe() if sketcher is not None else None}
-    table = build_table(cols, topk, reader.issues, info, wanted, random_seed, sketches, exact_grad_norm)
-    if save_sketches is not None and shard.rank == 0:
-        write_sketches(save_sketches, sketches, sketcher.dim, {**sketcher.describe(), "rows": len(table)})
+        dist_barrier(shard)  # every rank's parts are written
+        cols = store.load() if store is not None else concat(rows.chunks)
+        dist_barrier(shard)  # every rank has read them (rank 0 may delete them next)
+        order = np.argsort(cols["ordinal"], kind="stable")
+        cols = {k: v[order] for k, v in cols.items()}
+        sketches = None
+        if sketcher is not None:
+            blocks = store.sketch_blocks if store is not None else rows.blocks
+            index = [cols.get(k, np.zeros(0, np.int64)) for k in SKETCH_INDEX]
+            sketches = SketchRows(blocks, *index, cols["sketch_scale"])
+        missing = sorted(set(range(reader.n_valid)) - set(cols["ordinal"].tolist()))
+        if missing:
+            raise RuntimeError(f"{len(missing)} records have no result (first ordinals {missing[:5]}); "
+                               "a process probably died: run the same command again to finish")
+        info = {"seconds": run.seconds, "scored_tokens_this_run": run.n_tokens, "forward_tokens": run.forward_tokens,
+                "records_read": reader.n_valid, "complete": reader.complete, "pool_sha256": pool.get("sha256"),
+                "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
+                "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
+                "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
+                "corrupt_parts_redone": store.problems if store is not None else [],
+                "sketch": sketcher.describe() if sketcher is not None else None}
+        table = build_table(cols, topk, reader.issues, info, wanted, random_seed, sketches, exact_grad_norm)
+        if save_sketches is not None and shard.rank == 0:
+            write_sketches(save_sketches, sketches, sketcher.dim, {**sketcher.describe(), "rows": len(table)})
     return table
 
 
@@ -379,6 +393,7 @@ def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple =
         if sketches is not None:
             columns.update(gradient_columns(cols, means, ok, sketches, exact_grad_norm))
     columns["reason"] = reason
+    columns["content_hash"] = cols["content_hash"]  # of each record's messages: select checks the pool against it
     info = {**info, "scored_tokens": int(columns["n_tokens"].sum())}
     return ScoreTable(columns, issues=issues, info=info)
 
@@ -408,12 +423,15 @@ def gradient_columns(cols: dict, means: dict, ok: np.ndarray, sketches: SketchRo
 def _describe_source(reader) -> dict:
     if reader.format == "records":
         return {"name": reader.name}
-    st = Path(reader.name).stat()
-    return {"path": str(Path(reader.name).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"sha256": file_sha256(reader.name)}
 
 
 def _describe_model(model) -> dict:
-    p = model.get_output_embeddings().weight
-    return {"class": type(model).__name__, "name": getattr(model.config, "_name_or_path", ""),
-            "n_parameters": sum(x.numel() for x in model.parameters()), "dtype": str(p.dtype),
-            "head_checksum": float(p.float().sum().item())}
+    """The model's part of a run's fingerprint: the same for the same weights whatever the path they were
+    loaded from, the device or the thread count (a float sum of the head was not: it depends on the
+    reduction order), different for other weights: the sha256 of an evenly strided sample of about 2^20
+    of the head's entries, exact in float32."""
+    p = model.get_output_embeddings().weight.detach().reshape(-1)
+    sample = p[:: max(1, p.numel() >> 20)].float().cpu().numpy()
+    return {"class": type(model).__name__, "n_parameters": sum(x.numel() for x in model.parameters()),
+            "dtype": str(p.dtype), "head_sha256": hashlib.sha256(sample.tobytes()).hexdigest()}

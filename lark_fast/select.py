@@ -51,7 +51,8 @@ def select(scores, *, B: int = 3, rule: str = "lark", by: str = "lark", score_co
     one of ``tau`` (penalised) or ``radius`` (constrained), and optional item ``cap``; each problem's
     weights sum to 1. ``rule="chi2_global"``: one budget over all problems (`solver.chi2_global`),
     scaled so the weights sum to the number of problems (a problem averages 1, as with the other
-    rules); ``cap`` (per candidate) and ``group_cap`` (per problem) are in those units.
+    rules); ``cap`` (per candidate) and ``group_cap`` (per problem) are in those units. Problems without a
+    valid candidate get weight 0 and do not count (a warning says how many).
 
     ``method``: the former name of ``rule`` (deprecated: "method" now means a selection proxy).
     """
@@ -80,11 +81,22 @@ def select(scores, *, B: int = 3, rule: str = "lark", by: str = "lark", score_co
     elif rule == "chi2":
         weights[order] = solver.chi2_weights(energy[order], offsets, tau=tau, radius=radius, cap=cap)
     else:
-        g = len(offsets) - 1
-        per = (lambda c: None if c is None else np.asarray(c, dtype=np.float64) / g)
+        g = _problems_with_a_valid_candidate(energy[order], offsets)
+        per = (lambda c: None if c is None else np.asarray(c, dtype=np.float64) / max(g, 1))
         weights[order] = g * solver.chi2_global(energy[order], tau=tau, radius=radius, cap=per(cap),
                                                 offsets=offsets, group_cap=per(group_cap))
     return weights
+
+
+def _problems_with_a_valid_candidate(energy: np.ndarray, offsets: np.ndarray) -> int:
+    """Number of groups with a finite energy; warns when some have none (they are left out of the count
+    that scales chi2_global's weights, so that the others still average 1)."""
+    n = len(offsets) - 1
+    g = int(np.logical_or.reduceat(np.isfinite(energy), offsets[:-1]).sum()) if len(energy) else 0
+    if 0 < g < n:
+        warnings.warn(f"chi2_global: {n - g} of {n} problems have no valid candidate and get weight 0; the "
+                      f"weights average 1 over the other {g}", stacklevel=3)
+    return g
 
 
 def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[str, os.PathLike], *,
@@ -92,7 +104,10 @@ def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[
     """Streams ``pool`` and writes each record with weight > 0 as
     ``{"messages": [...], "meta": {problem_id, candidate_id, teacher, score, train_weight}}``.
 
-    Returns counts; bad pool records are in ``counts["issues"]`` (a list of PoolIssue).
+    Returns counts; bad pool records are in ``counts["issues"]`` (a list of PoolIssue). Raises ValueError,
+    leaving no output, when the pool has no valid record, when nothing is selected, when a selected
+    candidate is not in the pool, or when a record's messages differ from those that were scored (the
+    table's ``content_hash``: the pool is not the one that was scored).
     """
     import json
 
@@ -100,8 +115,10 @@ def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[
 
     keys = {(p, c): i for i, (p, c) in enumerate(zip(table["problem_id"], table["candidate_id"]))}
     score = np.asarray(table[score_column], dtype=np.float64)
+    hashes = table["content_hash"] if "content_hash" in table else None
     reader = PoolReader(pool, on_error=on_error)
     written, unscored, found = 0, 0, np.zeros(len(weights), dtype=bool)
+    changed = []
     with atomic_write(output, encoding="utf-8") as f:
         for rec in reader:
             i = keys.get(rec.key)
@@ -109,15 +126,27 @@ def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[
                 unscored += 1
                 continue
             found[i] = True
+            if hashes is not None and hashes[i] and hashes[i] != rec.content_hash:
+                changed.append(rec)
             if weights[i] <= 0:
                 continue
             meta = {"problem_id": rec.problem_id, "candidate_id": rec.candidate_id, "teacher": rec.teacher,
                     "score": float(score[i]), "train_weight": float(weights[i])}
             f.write(json.dumps({"messages": rec.messages, "meta": meta}, ensure_ascii=False) + "\n")
             written += 1
+        # raised inside the atomic write: no partial training set is left behind
+        reader.require_records()
+        if changed:
+            named = ", ".join(f"{r.problem_id}/{r.candidate_id} ({reader.unit} {r.line})" for r in changed[:5])
+            raise ValueError(f"{len(changed)} records of {reader.name} differ from the ones that were scored "
+                             f"(other messages under the same ids: {named}{', ...' if len(changed) > 5 else ''}); "
+                             "pass the pool that was scored, or score this one")
         missing = int(((weights > 0) & ~found).sum())
-        if missing:  # raised inside the atomic write: no partial training set is left behind
+        if missing:
             raise ValueError(f"{missing} selected candidates of the score table are not in the pool "
                              f"{reader.name}; was the table made from another pool?")
+        if not written:
+            raise ValueError("nothing to write: no candidate has a weight > 0 (no row of the score table has "
+                             "status ok and a finite score)")
     return {"written": written, "pool_records": reader.n_valid, "pool_records_not_in_scores": unscored,
             "issues": reader.issues}

@@ -1,7 +1,9 @@
 """ScoreTable (one row per pool record) and atomic file output.
 
 Formats by extension: ``.parquet`` (default) or ``.jsonl``. Non-finite floats are written as
-null in JSON. Every write goes to a temporary file in the target directory, then ``os.replace``.
+null in JSON. Every write goes to a temporary file ``.<name>.<pid>.<random>.tmp`` in the target
+directory (created with the mode the umask gives, as a plain ``open`` would), then ``os.replace``;
+``remove_stale_temporaries`` deletes those a killed process left behind.
 """
 from __future__ import annotations
 
@@ -9,17 +11,31 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
 import numpy as np
 
-STRING_COLUMNS = ("problem_id", "candidate_id", "teacher", "status", "reason")
+STRING_COLUMNS = ("problem_id", "candidate_id", "teacher", "content_hash", "status", "reason")
 INT_COLUMNS = ("n_tokens",)
 BOOL_COLUMNS = ("truncated",)
 SCORE_COLUMNS = ("problem_id", "candidate_id", "teacher", "n_tokens", "truncated", "status",
                  "L", "brier", "rho", "g_hat", "entropy", "rsr")
+
+
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _create_temporary(path: Path) -> tuple:
+    """(fd, name) of a new temporary file beside ``path``, mode 0666 less the umask."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -27,7 +43,7 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w", **kw):
     """Yields a file object; on success the file replaces ``path`` in one rename, else it vanishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, mode, **kw) as f:
             yield f
@@ -38,6 +54,52 @@ def atomic_write(path: Union[str, os.PathLike], mode: str = "w", **kw):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Union[str, os.PathLike], name: Optional[str] = None) -> list:
+    """Deletes the temporary files of ``atomic_write`` in ``folder`` (of the output ``name`` only, if
+    given) whose writing process is no longer running on this machine; returns their paths."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(f".{name}.*.tmp" if name else ".*.tmp"):
+        m = TEMPORARY.match(p.name)
+        if m and (name is None or m["name"] == name) and not process_alive(int(m["pid"])):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+            removed.append(p)
+    return removed
+
+
+def check_output(path: Union[str, os.PathLike]) -> Path:
+    """Fails early, with a ValueError that says why, when ``path`` cannot be written: it is a directory, its
+    folder cannot be created, or nothing can be created in it (read-only, full, no permission)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot create its folder {path.parent} ({e.strerror or e})") from None
+    try:
+        fd, tmp = _create_temporary(path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write in {path.parent} ({e.strerror or e})") from None
+    return path
 
 
 def write_json(path, obj) -> None:
@@ -116,6 +178,12 @@ class ScoreTable:
         return pa.table({k: pa.array(v.tolist() if v.dtype == object else v) for k, v in self.columns.items()})
 
     def to_pandas(self):
+        """A pandas.DataFrame (pandas is optional: ``pip install pandas`` or ``lark_fast[pandas]``)."""
+        try:
+            import pandas  # noqa: F401
+        except ImportError:
+            raise ImportError("ScoreTable.to_pandas needs pandas, which lark_fast does not install: "
+                              "pip install pandas (or pip install 'lark_fast[pandas]')") from None
         return self.to_arrow().to_pandas()
 
     def write(self, path: Union[str, os.PathLike]) -> None:
@@ -130,6 +198,8 @@ class ScoreTable:
     @classmethod
     def read(cls, path: Union[str, os.PathLike]) -> "ScoreTable":
         fmt = table_format(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"score table not found: {path}")
         if fmt == "parquet":
             import pyarrow.parquet as pq
             t = pq.read_table(path)

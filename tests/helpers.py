@@ -1,6 +1,11 @@
 """Helpers shared by the tests: tiny models and tokenizers built offline, pool records, oracles written
-independently of the code under test, an allocation probe. Fixtures live in conftest.py."""
+independently of the code under test, an allocation probe, the command line in a fresh process. Fixtures
+live in conftest.py."""
+import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -57,6 +62,24 @@ def make_records(n_problems=4, per_problem=3, seed=0):
             out.append({"problem_id": f"prob-{p}", "candidate_id": f"cand-{c}", "teacher": f"T{c % 2}",
                         "messages": msgs})
     return out
+
+
+def write_pool(path, records):
+    """A JSONL pool file of ``records``; returns its path."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def run_cli(args, *, prelude: str = "", wait: bool = True, timeout: float = 600):
+    """``lark-fast ARGS`` in a fresh interpreter with one thread. ``prelude`` (Python) runs before the command,
+    e.g. to simulate a fault. Returns the finished CompletedProcess (text output), or with ``wait=False``
+    the running Popen (output piped)."""
+    code = f"{prelude}\nimport sys\nfrom lark_fast.cli import main\nsys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, *map(str, args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def oracle_table(model, tokenizer, records, max_length=None):

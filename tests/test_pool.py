@@ -113,3 +113,72 @@ def test_unknown_format_and_missing_file(tmp_path):
         PoolReader(tmp_path / "missing.jsonl")
     with pytest.raises(ValueError, match="on_error"):
         PoolReader([], on_error="ignore")
+
+
+def _gzip_pool(path, n=40):
+    path.write_bytes(gzip.compress("".join(json.dumps(good("p", f"c{i}", pad="x" * i)) + "\n"
+                                           for i in range(n)).encode()))
+    return path
+
+
+def test_truncated_gzip_keeps_what_was_read(tmp_path):
+    path = _gzip_pool(tmp_path / "pool.jsonl.gz")
+    path.write_bytes(path.read_bytes()[:-40])
+    reader = PoolReader(path)
+    recs = list(reader)
+    n = len(recs)
+    assert 0 < n < 40 and not reader.complete and reader.count() is None
+    assert [r.candidate_id for r in recs] == [f"c{i}" for i in range(n)]
+    assert str(reader.issues[-1]).startswith(f"{path}:{n}: cannot read past line {n}, the rest of the pool is "
+                                             "missing: truncated or corrupt (EOFError")
+    with pytest.raises(PoolError, match=f"cannot read past line {n}"):
+        list(PoolReader(path, on_error="fail"))
+
+
+def test_corrupt_gzip(tmp_path):
+    path = _gzip_pool(tmp_path / "pool.jsonl.gz")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    reader = PoolReader(path)
+    list(reader)
+    assert not reader.complete and "truncated or corrupt" in reader.issues[-1].reason
+
+
+def test_parquet_with_wrong_column_types_is_one_schema_error(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = [{**good("p", "a"), "messages": "[]", "teacher": 3}]
+    pq.write_table(pa.Table.from_pylist(rows).drop_columns(["candidate_id"]), tmp_path / "pool.parquet")
+    with pytest.raises(ValueError, match=r"schema error, no row can be a record: candidate_id missing; teacher is "
+                                         r"int64, expected string; messages is string, expected list<struct<role: "
+                                         r"string, content: string>>"):
+        PoolReader(tmp_path / "pool.parquet")
+
+
+def test_check_validates_the_whole_pool_first(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(json.dumps(good("p", "a")) + "\n" + json.dumps(good("p", "b")) + "\n{\n")
+    with pytest.raises(PoolError, match="pool.jsonl:3: invalid JSON"):
+        PoolReader(path, on_error="fail").check()
+    path.write_text(json.dumps(good("p", "a")) + "\n")
+    reader = PoolReader(path, on_error="fail")
+    reader.check()
+    assert [r.key for r in reader] == [("p", "a")] and reader.n_valid == 1  # counts start again
+
+
+@pytest.mark.parametrize("text,why", [("", r"no records \(the pool is empty or has only blank lines\)"),
+                                      ("\n \n", r"no records \(the pool is empty or has only blank lines\)"),
+                                      ("[]\n{}\n", "no valid records: 2 bad, the first: .*pool.jsonl:1: expected")])
+def test_a_pool_without_valid_records_says_why(tmp_path, text, why):
+    path = tmp_path / "pool.jsonl"
+    path.write_text(text)
+    reader = PoolReader(path)
+    list(reader)
+    with pytest.raises(ValueError, match=why):
+        reader.require_records()
+
+
+def test_a_single_record_is_not_a_pool():
+    with pytest.raises(TypeError, match="a single record"):
+        PoolReader(good())

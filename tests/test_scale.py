@@ -1,7 +1,12 @@
-"""Scoring at scale: packing, streaming, several processes, checkpoints and resume, out-of-memory."""
+"""Scoring at scale: packing, streaming, several processes, checkpoints and resume, crashes, the run lock,
+out-of-memory."""
+import errno
+import fcntl
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -9,11 +14,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import make_records, tiny_llama
+from helpers import make_records, run_cli, tiny_llama, write_pool
 
 import lark_fast
 from lark_fast import scorer as scorer_mod
+from lark_fast.cli import main
 from lark_fast.packing import pack_ffd, pack_shared, shared_prefix_row
+from lark_fast.runlock import RunLock, RunLocked
 from lark_fast.table import ScoreTable
 
 SCORE_COLUMNS = ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50")
@@ -182,51 +189,140 @@ def test_resume_and_corrupt_parts(tokenizer, tmp_path):
         lark_fast.score(model, tokenizer, recs, run_dir=run_dir, max_length=100, progress=False)
 
 
-def _cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "lark_fast.cli", *args], capture_output=True, text=True, env=env, **kw)
+def test_parts_carry_their_settings(model_dir, tmp_path):
+    """Parts made with another --max-length are refused even without run.json (where the settings used to
+    live alone): never mixed into the table."""
+    pool = write_pool(tmp_path / "pool.jsonl", mixed_records(12, seed=4))
+    out = tmp_path / "s.parquet"
+    args = ["score", "--model", model_dir, "--input", pool, "--output", out, "--quiet", "--checkpoint-every", "4"]
+    assert main([str(a) for a in args] + ["--max-length", "64", "--keep-parts"]) == 0
+    (tmp_path / "s.parquet.parts" / "run.json").unlink(missing_ok=True)
+    r = run_cli(args + ["--max-length", "100"])
+    assert r.returncode == 2 and "other settings (max_length differ)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
-def _write_pool(path, recs):
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+HOLD_AT_FIRST_FLUSH = """
+import os, time
+from lark_fast import scoring
+real = scoring.RecordRows.flush
+def flush(self):
+    open({ready!r}, "w").close()
+    deadline = time.time() + 120
+    while not os.path.exists({go!r}) and time.time() < deadline:
+        time.sleep(0.02)
+    real(self)
+scoring.RecordRows.flush = flush
+"""
 
 
-def test_kill_and_resume(model_dir, tmp_path):
-    pool = tmp_path / "pool.jsonl"
-    _write_pool(pool, mixed_records(150, seed=5))
+def test_two_runs_on_one_output(model_dir, tmp_path):
+    """The second of two runs on one output fails at once, naming the first; the first finishes."""
+    pool = write_pool(tmp_path / "pool.jsonl", mixed_records(12, seed=1))
+    out = tmp_path / "s.parquet"
+    args = ["score", "--model", model_dir, "--input", pool, "--output", out, "--quiet", "--checkpoint-every", "4"]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    first = run_cli(args, prelude=HOLD_AT_FIRST_FLUSH.format(ready=str(ready), go=str(go)), wait=False)
+    deadline = time.time() + 120
+    while not ready.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert ready.exists(), first.communicate()[1]
+    second = run_cli(args)
+    go.touch()
+    _, err = first.communicate(timeout=300)
+    assert second.returncode == 2 and f"in use by another run (pid {first.pid} on " in second.stderr, second.stderr
+    assert first.returncode == 0, err
+    assert len(ScoreTable.read(out)) == 12
+
+
+def test_run_lock(tmp_path):
+    """A lock left by a dead process is taken over; a live holder is named; the lock is re-entrant; a
+    directory left with nothing but its lock goes with it."""
+    run_dir = tmp_path / "s.parquet.parts"
+    run_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    (run_dir / "lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with RunLock(run_dir):
+        assert json.loads((run_dir / "lock").read_text())["pid"] == os.getpid()
+        with RunLock(run_dir):
+            pass
+        other = subprocess.run([sys.executable, "-c", f"from lark_fast.runlock import RunLock, RunLocked\n"
+                                f"with RunLock({str(run_dir)!r}): pass"], capture_output=True, text=True)
+        assert other.returncode != 0 and f"RunLocked: {run_dir} is in use by another run (pid {os.getpid()} on " \
+            in other.stderr
+    assert not run_dir.exists()
+
+
+def test_run_lock_without_file_locks(tmp_path, monkeypatch):
+    """Where flock is unsupported, the pid and host in the lock file decide."""
+    def unsupported(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    run_dir = tmp_path / "s.parquet.parts"
+    run_dir.mkdir()
+    (run_dir / "lock").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(RunLocked, match=f"pid {os.getppid()} on .*delete {run_dir / 'lock'}"):
+        RunLock(run_dir).__enter__()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    (run_dir / "lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with RunLock(run_dir):
+        assert json.loads((run_dir / "lock").read_text())["pid"] == os.getpid()
+
+
+KILL_IN_FINAL_WRITE = """
+import os, signal
+from lark_fast import table
+def write(self, path):
+    with table.atomic_write(path, "wb") as f:
+        f.write(b"PAR1")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+table.ScoreTable.write = write
+"""
+
+
+def test_crash_and_resume(model_dir, tmp_path):
+    """kill -9 at seeded random moments, three times in a row, then once inside the final write: the rerun
+    gives the uninterrupted table and leaves no temporary file."""
+    pool = write_pool(tmp_path / "pool.jsonl", mixed_records(60, seed=5))
     ref = tmp_path / "ref.parquet"
-    r = _cli(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(ref), "--quiet"])
-    assert r.returncode == 0, r.stderr
+    assert main(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(ref), "--quiet"]) == 0
 
     out = tmp_path / "out.parquet"
-    args = ["score", "--model", str(model_dir), "--input", str(pool), "--output", str(out), "--quiet",
-            "--checkpoint-every", "3", "--max-tokens-per-batch", "256"]
-    proc = subprocess.Popen([sys.executable, "-m", "lark_fast.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    parts_dir = tmp_path / "out.parquet.parts"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(parts_dir.glob("part-*.parquet"))) < 3 and proc.poll() is None:
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    n_parts = len(list(parts_dir.glob("part-*.parquet")))
-    assert not out.exists() and n_parts >= 3, "the run must be killed mid-way"
+    parts = tmp_path / "out.parquet.parts"
+    args = ["score", "--model", model_dir, "--input", pool, "--output", out, "--quiet",
+            "--checkpoint-every", "2", "--max-tokens-per-batch", "256"]
+    rng = random.Random(14)
+    for _ in range(3):
+        target = len(list(parts.glob("part-*.parquet"))) + rng.randint(1, 6)
+        proc = run_cli(args, wait=False)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and len(list(parts.glob("part-*.parquet"))) < target:
+            time.sleep(0.005)
+        proc.kill()
+        proc.communicate()
+        assert not out.exists(), "the run must be killed before it finishes"
+    r = run_cli(args, prelude=KILL_IN_FINAL_WRITE)
+    assert r.returncode == -signal.SIGKILL and not out.exists()
+    assert list(tmp_path.glob(".out.parquet.*.tmp")), "the kill must land inside the final write"
 
-    r = _cli(args)
+    r = run_cli(args)
     assert r.returncode == 0, r.stderr
-    assert "resumed:" in r.stdout
-    manifest = json.loads((tmp_path / "out.manifest.json").read_text())
-    assert 0 < manifest["info"]["records_resumed"] < 150
+    assert "resumed: 60 records" in r.stdout
     a, b = ScoreTable.read(out), ScoreTable.read(ref)
-    assert len(a) == 150 and len(set(zip(a["problem_id"], a["candidate_id"]))) == 150
+    assert len(a) == 60 and len(set(zip(a["problem_id"], a["candidate_id"]))) == 60
     assert_same(a, b)
+    assert not list(tmp_path.rglob("*.tmp")) and not parts.exists()
 
 
 def test_two_processes_equal_one(model_dir, tmp_path):
     pool = tmp_path / "pool.jsonl"
-    _write_pool(pool, mixed_records(30, seed=6))
+    write_pool(pool, mixed_records(30, seed=6))
     one, two = tmp_path / "one.parquet", tmp_path / "two.parquet"
-    r = _cli(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(one), "--quiet"])
+    r = run_cli(["score", "--model", str(model_dir), "--input", str(pool), "--output", str(one), "--quiet"])
     assert r.returncode == 0, r.stderr
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "lark_fast.cli", "score", "--model", str(model_dir), "--input", str(pool),

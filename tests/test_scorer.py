@@ -7,6 +7,7 @@ import torch
 from helpers import LargestAllocation, assert_matches, make_records, oracle_table, tiny_llama
 
 import lark_fast
+from lark_fast.scorer import Scorer
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -141,3 +142,13 @@ def test_ignores_model_training_mode_and_restores_it(tokenizer):
     b = lark_fast.score(model.eval(), tokenizer, recs, progress=False)
     np.testing.assert_allclose(a["L"], b["L"], rtol=1e-6)
     assert math.isfinite(a["L"][0])
+
+
+def test_bad_calls_say_why(tokenizer):
+    model = tiny_llama()
+    with pytest.warns(UserWarning, match="max_length=4096 is above LlamaForCausalLM's context length \\(2048\\)"):
+        Scorer(model, tokenizer, max_length=4096)
+    with pytest.raises(TypeError, match="a single record"):
+        lark_fast.score(model, tokenizer, make_records(1, 1)[0], progress=False)
+    with pytest.raises(ValueError, match="no valid records: 2 bad, the first: <records>:1: problem_id: missing"):
+        lark_fast.score(model, tokenizer, [{"x": 1}, {"y": 2}], progress=False)

@@ -152,3 +152,24 @@ def test_train_set_schema(tmp_path):
         write_train_set(other, t, w, tmp_path / "bad.jsonl")
     assert not (tmp_path / "bad.jsonl").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_chi2_global_leaves_out_problems_without_a_valid_candidate():
+    t = _table()  # p3's only candidate is unscorable
+    with pytest.warns(UserWarning, match="1 of 3 problems have no valid candidate .* average 1 over the other 2"):
+        w = lark_fast.select(t, rule="chi2_global", tau=0.5)
+    assert w.sum() == pytest.approx(2.0) and w[5] == 0
+
+
+def test_train_set_refuses_empty_pools_and_empty_selections(tmp_path):
+    t = _table()
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n")
+    with pytest.raises(ValueError, match="no records"):
+        write_train_set(pool, t, lark_fast.select(t, B=2), tmp_path / "train.jsonl")
+    pool.write_text("".join(json.dumps({"problem_id": p, "candidate_id": c, "teacher": "T", "messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n"
+        for p, c in zip(t["problem_id"], t["candidate_id"])))
+    with pytest.raises(ValueError, match="nothing to write: no candidate has a weight > 0"):
+        write_train_set(pool, t, np.zeros(len(t)), tmp_path / "train.jsonl")
+    assert list(tmp_path.iterdir()) == [pool]
