@@ -163,9 +163,12 @@ def test_loss_curves(setup, tmp_path):
     train = [r for r in records if r["problem_id"] not in ("prob-4", "prob-5")]
     heldout = [r for r in records if r["problem_id"] in ("prob-4", "prob-5")]
     saved = copy_params(model)
-    result = loss_curves(model, tok, train, scores, heldout, arms=("lark", "uniform", "random"), B=2, steps=3,
-                         lr=1e-2, eval_every=2, progress=False, save_models=tmp_path / "models")
+    kw = dict(B=2, steps=3, lr=1e-2, eval_every=2, progress=False, run_dir=tmp_path / "run")
+    result = loss_curves(model, tok, train, scores, heldout, arms=("lark", "uniform", "random"),
+                         save_models=tmp_path / "models", **kw)
     rows = result["rows"]
+    again = loss_curves(model, tok, train, scores, heldout, arms=("random", "lark"), **kw)  # from the checkpoint
+    assert again["seconds"] == {} and again["rows"] == [r for r in rows if r["arm"] == "random"] + rows[:4]
     assert params_equal(model, saved)
     assert [(r["arm"], r["step"]) for r in rows] == [(a, s) for a in ("lark", "uniform", "random") for s in range(4)]
     assert len({r["heldout_loss"] for r in rows if r["step"] == 0}) == 1

@@ -10,6 +10,7 @@ weights with ``WeightedSFTTrainer`` (one problem per optimizer step, the same se
 from __future__ import annotations
 
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 from typing import Optional
@@ -68,12 +69,13 @@ def loss_curves(model, tokenizer, train: list, scores, heldout: list, *, arms=AR
     dataset = WeightedSFTDataset(train, tokenizer, weights=np.zeros(len(train)), max_length=max_length)
     heldout_loss = HeldOutLoss(tokenizer, heldout, max_length=max_length, max_tokens_per_batch=max_tokens_per_batch)
     fingerprint = {"train": content_digest([[r["problem_id"], r["candidate_id"]] for r in train]),
-                   "heldout": content_digest([[r["problem_id"], r["candidate_id"]] for r in heldout]),
-                   "weights": {a: content_digest(np.round(w, 12).tolist()) for a, w in weights.items()}, "B": B,
+                   "heldout": content_digest([[r["problem_id"], r["candidate_id"]] for r in heldout]), "B": B,
                    "steps": steps, "lr": lr, "optim": optim, "eval_every": eval_every, "max_length": max_length,
                    "seed": seed, "model": weights_fingerprint(model)}
+    selection = {a: content_digest(np.round(w, 12).tolist()) for a, w in weights.items()}
     store = RowCheckpoint(run_dir, fingerprint, overwrite=overwrite) if run_dir is not None else None
-    rows = store.load() if store is not None else []
+    # an arm is done when it was trained on the same selection (a rerun may ask for other arms)
+    rows = [r for r in (store.load() if store is not None else []) if selection.get(r["arm"]) == r["selection"]]
     done = {r["arm"] for r in rows}
     start = heldout_loss(model)
     snapshot = WeightSnapshot(model)
@@ -111,6 +113,7 @@ def loss_curves(model, tokenizer, train: list, scores, heldout: list, *, arms=AR
                 part = [{"arm": arm, "step": 0, "train_loss": None, "heldout_loss": start}]
                 part += [{"arm": arm, "step": s, "train_loss": train_loss.get(s), "heldout_loss": history.get(s)}
                          for s in range(1, steps + 1)]
+                part = [{**r, "selection": selection[arm]} for r in part]
                 if save_models is not None:
                     model.save_pretrained(Path(save_models) / arm)
                     tokenizer.save_pretrained(Path(save_models) / arm)
@@ -121,7 +124,7 @@ def loss_curves(model, tokenizer, train: list, scores, heldout: list, *, arms=AR
         snapshot.restore()
         model.train(was_training)
         bar.close()
-    rows = [r for arm in arms for r in rows if r["arm"] == arm]
+    rows = [{k: v for k, v in r.items() if k != "selection"} for arm in arms for r in rows if r["arm"] == arm]
     return {"rows": rows, "selected": {a: int((w > 0).sum()) for a, w in weights.items()}, "seconds": seconds}
 
 
@@ -142,7 +145,7 @@ def plot_loss_curves(rows: list, path, title: str) -> None:
         ax.set_xlabel("optimizer step (one problem each)")
         ax.grid(alpha=0.3)
     held_ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,6 +9,7 @@ measured utility, averaged over problems, with a bootstrap interval over problem
 """
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Optional
 
@@ -156,8 +157,8 @@ def plot_correlations(rows: list, path, title: str) -> None:
     ax.set_yticks(y, [f"{r['proxy']} ({r['column']}, {r['better']})" for r in rows], fontsize=8)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlim(-1, 1)
-    ax.set_xlabel("Spearman with measured utility, within problems (mean, 95% bootstrap interval)")
-    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("Spearman with measured utility within problems\n(mean over problems, 95% bootstrap interval)")
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
