@@ -1,11 +1,12 @@
 """The CHAMP competition-math pool (package ``champ-dataset``, read from its JSON file): per problem,
 every teacher's answers (GPT-3.5, GPT-4, GPT-4 Turbo, PaLM 2 Medium) under chosen prompt settings, as
 pool records (docs/method.md §7). A natural multi-teacher candidate pool for the demo, the tests and
-the benchmarks."""
+the benchmarks; its gold answers make a ready benchmark for held-out problems (``lark-fast eval``)."""
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 
@@ -47,3 +48,25 @@ def champ_pool(n_problems: int, settings: list) -> list:
             records.append({"problem_id": p["identifier"], "candidate_id": key, "teacher": teacher,
                             "messages": prompt + [{"role": "assistant", "content": answer["text"]}]})
     return records
+
+
+def champ_answers(raw_answer: str, answer: str) -> list:
+    """The acceptable final answers of a CHAMP problem. Its raw answer marks the mathematical part
+    with ``@@...@@``: two marked forms joined by "or equivalently" are alternatives, one marked form is
+    the answer, several others together make one answer (the plain text). Unmarked answers that lead
+    with a number ("100 (i.e., all values)", "0 is the only possible value") give the number."""
+    marked = re.findall(r"@@(.*?)@@", raw_answer)
+    if len(marked) > 1 and "equivalent" in raw_answer:
+        return marked
+    if len(marked) == 1:
+        return marked
+    leading = re.match(r"^(-?\d+) (\(|is the only)", answer)
+    return [leading.group(1)] if leading else [answer]
+
+
+def champ_benchmark() -> list:
+    """CHAMP's problems with their gold answers, as benchmark rows (``lark_fast.eval.benchmark``):
+    ``{"problem_id", "problem", "answer": [acceptable forms], "benchmark": "champ"}``, in file order."""
+    problems = json.loads(champ_path().read_text(encoding="utf-8"))["problems"]
+    return [{"problem_id": p["identifier"], "problem": p["_text"], "benchmark": "champ",
+             "answer": champ_answers(p["_raw_answer"], p["_answer"])} for p in problems.values()]

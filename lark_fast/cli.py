@@ -310,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--B", type=int, default=3)
     model_flags(s)
     s.set_defaults(func=cmd_demo, max_length=1024)
+
+    from .diagnose.cli import add_parser as add_diagnose_parser
+    from .eval.cli import add_parser as add_eval_parser
+    add_eval_parser(sub)
+    add_diagnose_parser(sub, model_flags)
     return p
 
 

@@ -24,35 +24,8 @@ from .methods import FUSED, METHODS, SKETCH, random_scores, ranking_score
 from .models import context_length
 from .pool import PoolReader
 from .published import reference_scores
+from .rank_correlation import spearman_within_problems
 from .select import select
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks with ties averaged (for Spearman)."""
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(len(x), dtype=np.float64)
-    for v in np.unique(x):
-        tie = x == v
-        if tie.sum() > 1:
-            r[tie] = r[tie].mean()
-    return r
-
-
-def spearman_within_problems(problem_ids, a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over problems (>= 3 candidates valid for both) of the Spearman correlation of a and b."""
-    order, offsets = group_offsets(problem_ids)
-    values = []
-    for lo, hi in zip(offsets[:-1], offsets[1:]):
-        idx = order[lo:hi]
-        idx = idx[np.isfinite(a[idx]) & np.isfinite(b[idx])]
-        if len(idx) < 3:
-            continue
-        ra, rb = _ranks(a[idx]), _ranks(b[idx])
-        if ra.std() == 0 or rb.std() == 0:
-            continue
-        values.append(float(np.corrcoef(ra, rb)[0, 1]))
-    return float(np.mean(values)) if values else float("nan")
 
 
 def topb_overlap(problem_ids, wa: np.ndarray, wb: np.ndarray) -> float:
