@@ -1,9 +1,9 @@
 """Finished units of a long run (generated samples, measured utilities, training curves) as rows of
 JSON objects, flushed atomically in parts so that a killed run resumes where it stopped.
 
-The protocol is the scoring run's (``checkpoint.RunDirectory``): ``run.json`` holds the settings the
-parts were made with and must match to resume (``--overwrite`` starts over); each part
-``part-r000-{seq}.parquet`` is written in one rename and carries a checksum of its rows; a part that
+The protocol is the scoring run's (``checkpoint.RunDirectory``): each part ``part-r000-{seq}.parquet``
+carries the settings it was made with, which must match to resume (``--overwrite`` starts over), is
+written in one rename and carries a checksum of its settings and rows; a part that
 cannot be read or does not match its checksum is reported, deleted, and its units are done again.
 """
 from __future__ import annotations
@@ -13,9 +13,8 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Optional
 
-from .checkpoint import CHECKSUM_KEY, RunDirectory
+from .checkpoint import CHECKSUM_KEY, SETTINGS_KEY, RunDirectory
 from .table import atomic_write
 
 
@@ -24,8 +23,8 @@ def content_digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def _digest(lines: list) -> str:
-    h = hashlib.sha256()
+def _digest(lines: list, settings: str) -> str:
+    h = hashlib.sha256(settings.encode())
     for line in lines:
         h.update(line.encode())
         h.update(b"\n")
@@ -40,20 +39,23 @@ class RowCheckpoint(RunDirectory):
         import pyarrow.parquet as pq
         lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
         table = pa.table({"row": pa.array(lines, pa.string())})
-        table = table.replace_schema_metadata({CHECKSUM_KEY: _digest(lines).encode()})
+        table = table.replace_schema_metadata({CHECKSUM_KEY: _digest(lines, self.settings).encode(),
+                                             SETTINGS_KEY: self.settings.encode()})
         path = self.path / f"part-r{self.rank:03d}-{self._seq:06d}.parquet"
         with atomic_write(path, "wb") as f:
             pq.write_table(table, f)
         self._seq += 1
         return path
 
-    def read(self, path: Path) -> Optional[list]:
-        """A part's rows, or None (after deleting it) when it is unreadable or corrupt."""
+    def read(self, path: Path) -> tuple:
+        """(rows, settings) of a part, or (None, None) after deleting it when it is unreadable or corrupt."""
         import pyarrow.parquet as pq
         try:
             table = pq.read_table(path)
             lines = table.column("row").to_pylist()
-            if (table.schema.metadata or {}).get(CHECKSUM_KEY, b"").decode() != _digest(lines):
+            meta = table.schema.metadata or {}
+            settings = meta.get(SETTINGS_KEY, b"").decode()
+            if meta.get(CHECKSUM_KEY, b"").decode() != _digest(lines, settings):
                 raise ValueError("checksum mismatch")
             rows = [json.loads(line) for line in lines]
         except Exception as e:  # truncated file, bad footer, missing column, edited content
@@ -64,9 +66,15 @@ class RowCheckpoint(RunDirectory):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-            return None
-        return rows
+            return None, None
+        return rows, settings
 
     def load(self) -> list:
-        """The rows of every valid part, in the order the parts were written."""
-        return [r for p in self.parts() for r in (self.read(p) or [])]
+        """The rows of every valid part, in the order the parts were written; raises ValueError when a
+        part was made with other settings."""
+        parts = self.parts()
+        read = [self.read(p) for p in parts]
+        foreign = [(p, s) for p, (rows, s) in zip(parts, read) if rows is not None and s != self.settings]
+        if foreign:
+            raise ValueError(self._refusal(foreign))
+        return [r for rows, _ in read for r in (rows or [])]
