@@ -145,16 +145,20 @@ class RunDirectory:
                 if meta[SKETCH_KEY].decode() != file_sha256(self.sketch_path(path)):
                     raise ValueError("sketch checksum mismatch")
         except Exception as e:  # truncated file, bad footer, missing column, edited content
-            msg = f"{path.name}: corrupt part ({type(e).__name__}: {e}); its records are scored again"
-            self.problems.append(msg)
-            warnings.warn(msg, stacklevel=2)
-            for p in (path, self.sketch_path(path)):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+            self.discard(f"{path.name}: corrupt part ({type(e).__name__}: {e}); its records are scored again",
+                         path, self.sketch_path(path))
             return None, None
         return cols, settings
+
+    def discard(self, msg: str, *paths: Path) -> None:
+        """Reports a corrupt part (``self.problems`` and a warning) and deletes its files."""
+        self.problems.append(msg)
+        warnings.warn(msg, stacklevel=3)
+        for p in paths:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
 
     def load(self) -> dict:
         """All valid parts' rows (every rank's), one row per ordinal; with sketches, also

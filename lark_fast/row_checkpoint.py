@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import warnings
 from pathlib import Path
 
 from .checkpoint import CHECKSUM_KEY, SETTINGS_KEY, RunDirectory
@@ -59,13 +57,7 @@ class RowCheckpoint(RunDirectory):
                 raise ValueError("checksum mismatch")
             rows = [json.loads(line) for line in lines]
         except Exception as e:  # truncated file, bad footer, missing column, edited content
-            msg = f"{path.name}: corrupt part ({type(e).__name__}: {e}); its work is done again"
-            self.problems.append(msg)
-            warnings.warn(msg, stacklevel=2)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            self.discard(f"{path.name}: corrupt part ({type(e).__name__}: {e}); its work is done again", path)
             return None, None
         return rows, settings
 
