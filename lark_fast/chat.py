@@ -5,6 +5,10 @@ prompt = apply_chat_template(messages[:-1], tokenize=True, add_generation_prompt
 The template decides every special token; none are added on top. When ``prompt`` is a prefix of
 ``full`` the scored span is [len(prompt), len(full)) and token t is predicted from position t - 1.
 Otherwise, or when nothing is left to score, the record gets a status other than ``ok`` and a reason.
+
+``PublishedChatTokenizer`` tokenises as the published LARK scorer did (``compat="published"``,
+docs/method.md §3.7): the template rendered to text, then the tokenizer's own call with its special
+tokens, truncated by the tokenizer.
 """
 from __future__ import annotations
 
@@ -83,4 +87,49 @@ class ChatTokenizer:
             if start >= self.max_length:
                 return Tokenized(full, start, n_full, True, PROMPT_TOO_LONG,
                                  f"prompt has {start} tokens, max_length is {self.max_length}: no assistant token fits")
+        return Tokenized(full, start, n_full, truncated)
+
+
+class PublishedChatTokenizer(ChatTokenizer):
+    """The published scorer's tokenisation, to reproduce its numbers (docs/method.md §3.7):
+
+        full   = tokenizer(apply_chat_template(messages, tokenize=False), truncation=True, max_length=M)
+        prompt = tokenizer(apply_chat_template(non-assistant messages, tokenize=False,
+                                               add_generation_prompt=True), truncation=True, max_length=M)
+
+    The tokenizer call adds its special tokens on top of the template's (a second BOS on Llama-style
+    tokenizers). The scored span is [len(prompt), len(full)) whether or not ``prompt`` is a prefix of
+    ``full``; a record with fewer than two tokens after the prompt is not scored (the published scorer
+    skips it). Truncation is the tokenizer's (on the right by default), flagged."""
+
+    def _encode(self, text: str) -> tuple:
+        """(ids, length before truncation) of ``tokenizer(text)`` with special tokens, cut at max_length."""
+        ids = self.tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+        n = len(ids)
+        if self.max_length is not None and n > self.max_length:
+            ids = self.tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.max_length)["input_ids"]
+        return [int(t) for t in ids], n
+
+    def _text(self, messages, add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                  chat_template=self.chat_template)
+
+    def __call__(self, messages: list) -> Tokenized:
+        try:
+            full_text = self._text(messages, add_generation_prompt=False)
+            prompt_text = self._text([m for m in messages if m["role"] != "assistant"], add_generation_prompt=True)
+        except Exception as e:  # jinja errors and template bugs (the published scorer would stop here)
+            return Tokenized([], 0, 0, False, TEMPLATE_ERROR, f"{type(e).__name__}: {e}")
+        full, n_full = self._encode(full_text)
+        prompt, _ = self._encode(prompt_text)
+        truncated = n_full > len(full)
+        start = max(len(prompt), 1)  # token 0 has no predecessor
+        if len(prompt) >= len(full) - 1:
+            if truncated:
+                return Tokenized(full, start, n_full, True, PROMPT_TOO_LONG,
+                                 f"prompt has {len(prompt)} tokens, max_length is {self.max_length}: fewer than 2 "
+                                 "assistant tokens fit (the published scorer skips such records)")
+            return Tokenized(full, start, n_full, False, EMPTY_ASSISTANT,
+                             f"{max(0, len(full) - len(prompt))} tokens follow the prompt (the published scorer "
+                             "skips records with fewer than 2)")
         return Tokenized(full, start, n_full, truncated)

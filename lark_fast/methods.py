@@ -29,8 +29,8 @@ FUSED, FREE, EXTRA, SKETCH = "fused pass", "no model", "extra forwards", "gradie
 @dataclass
 class RunSums:
     """What a method's ``compute`` reads: the per-record sums of a scoring run (``lark_fast.columns``),
-    the per-trajectory means of ``scores.trajectory_scores`` (L, brier, rho, entropy, rsr), which rows are
-    scored (``ok``), the run's top-K and random seed."""
+    the per-trajectory means of ``scores.trajectory_scores`` (L, brier, rho, rho_brier, entropy, rsr), which
+    rows are scored (``ok``), the run's top-K and random seed."""
 
     sums: dict
     means: dict
@@ -138,9 +138,10 @@ def _topk_entropy(r: RunSums) -> Optional[np.ndarray]:
 
 
 METHODS = {m.name: m for m in [
-    Method("rho", "rho", +1, FUSED, "1", "learnability: mean exact Brier / mean nll", lambda r: r.means["rho"]),
+    Method("rho", "rho", +1, FUSED, "1", "learnability: mean exact Brier / mean nll (top-K Brier with --compat "
+           "published)", lambda r: r.means["rho"]),
     Method("lark", "g_hat", +1, FUSED, "1", "LARK score: d rho(q)/d q_k at the uniform mixture, per problem "
-           "(docs/method.md §3.5)", lambda r: lark_energy(r.sums["problem_id"], r.means["L"], r.means["brier"], r.ok)),
+           "(docs/method.md §3.5)", lambda r: lark_energy(r.sums["problem_id"], r.means["L"], r.means["rho_brier"], r.ok)),
     Method("entropy", "entropy", -1, FUSED, "1", "mean predictive entropy of the student over the trajectory",
            lambda r: r.means["entropy"]),
     Method("rsr", "rsr", -1, FUSED, "1", "rank-surprisal ratio: sum min(rank, 100) / sum nll (arXiv 2601.14249)",

@@ -67,12 +67,13 @@ class Scorer:
     ``sketch_dim=k`` adds per-trajectory gradient sketches (``lark_fast.sketch``) of the layers
     ``sketch_layers`` (default: every nn.Linear / Conv1D and the LM head) with projections seeded by
     ``sketch_seed``; ``exact_grad_norm`` also computes the exact squared gradient norms.
+    ``compat="published"`` tokenises as the published scorer did (``chat.PublishedChatTokenizer``).
     """
 
     def __init__(self, model, tokenizer, *, max_length: Optional[int] = None, topk: int = 50,
                  chat_template: Optional[str] = None, verify_head: bool = True, packing: str = "auto",
                  backend: Optional[str] = None, sketch_dim: Optional[int] = None, sketch_layers=None,
-                 sketch_seed: int = 0, exact_grad_norm: bool = False):
+                 sketch_seed: int = 0, exact_grad_norm: bool = False, compat: str = "exact"):
         if packing not in ("auto", "off"):
             raise ValueError(f"packing: expected 'auto' or 'off', got {packing!r}")
         self.backend = backend
@@ -84,7 +85,8 @@ class Scorer:
         elif context is not None and max_length > context:
             warnings.warn(f"max_length={max_length} is above {type(model).__name__}'s context length ({context}): "
                           "positions past it were never trained, and their scores are unreliable")
-        self.chat = chat.ChatTokenizer(tokenizer, max_length=max_length, chat_template=chat_template)
+        tokenize = chat.PublishedChatTokenizer if compat == "published" else chat.ChatTokenizer
+        self.chat = tokenize(tokenizer, max_length=max_length, chat_template=chat_template)
         self.topk = topk
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.device = self.head.weight.device

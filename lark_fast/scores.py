@@ -9,6 +9,8 @@ Per trajectory k (means over its scored tokens), with directions:
 Per problem, over its valid candidates, the LARK score ("energy", higher is better):
     g_hat_k  = (L_k / sum L) (2 rho_k - sum brier / sum L) = (2 brier_k sum L - sum brier L_k) / (sum L)^2
 which is d rho(q) / d q_k at q = 1/K for rho(q) = sum q_k^2 brier_k / sum q_k L_k.
+With compat="published", rho and g_hat take the top-K Brier instead of the exact one, as the published
+scorer did (docs/method.md §3.7); the exact mean Brier is still the ``brier`` column.
 
 Gradient-aware (docs/method.md §4), from the Gram matrix G_jk ~ <grad L_j, grad L_k> of a problem's candidates
 (gradient sketches of each trajectory's mean nll; G = diag(brier) gives g_hat back):
@@ -23,21 +25,37 @@ import numpy as np
 from .groups import group_offsets
 
 L_FLOOR = 1e-30
+COMPAT = ("exact", "published")  # the Brier that rho and g_hat are built on: exact, or the published top-K one
 
 
-def trajectory_scores(n_tokens, nll_sum, brier_sum, entropy_sum, rank_clipped_sum, brier_topk_sum=None) -> dict:
-    """Means and ratios per trajectory from per-trajectory sums; NaN where n_tokens == 0."""
+def check_compat(compat: str, topk: int) -> None:
+    """ValueError unless ``compat`` is one of COMPAT and, for "published", there is a top-K Brier."""
+    if compat not in COMPAT:
+        raise ValueError(f"compat: expected one of {COMPAT}, got {compat!r}")
+    if compat == "published" and not topk:
+        raise ValueError("compat='published' builds rho and g_hat on the top-K Brier: it needs topk > 0 (the "
+                         "published scorer's K is 50)")
+
+
+def trajectory_scores(n_tokens, nll_sum, brier_sum, entropy_sum, rank_clipped_sum, brier_topk_sum=None,
+                      compat: str = "exact") -> dict:
+    """Means and ratios per trajectory from per-trajectory sums; NaN where n_tokens == 0. ``rho_brier`` is
+    the mean Brier that rho (and g_hat, ``lark_energy``) are built on: ``brier``, or with
+    ``compat="published"`` ``brier_topk``."""
+    check_compat(compat, brier_topk_sum is not None)
     n = np.asarray(n_tokens, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = lambda s: np.where(n > 0, np.asarray(s, dtype=np.float64) / n, np.nan)  # noqa: E731
         L = mean(nll_sum)
         brier = mean(brier_sum)
-        rho = np.where(L > L_FLOOR, brier / L, np.where(np.isnan(L), np.nan, 0.0))
+        brier_topk = mean(brier_topk_sum) if brier_topk_sum is not None else None
+        rho_brier = brier_topk if compat == "published" else brier
+        rho = np.where(L > L_FLOOR, rho_brier / L, np.where(np.isnan(L), np.nan, 0.0))
         nll_sum = np.asarray(nll_sum, dtype=np.float64)
         rsr = np.where(n > 0, np.asarray(rank_clipped_sum, dtype=np.float64) / nll_sum, np.nan)
-        out = {"L": L, "brier": brier, "rho": rho, "entropy": mean(entropy_sum), "rsr": rsr}
-        if brier_topk_sum is not None:
-            out["brier_topk"] = mean(brier_topk_sum)
+        out = {"L": L, "brier": brier, "rho": rho, "rho_brier": rho_brier, "entropy": mean(entropy_sum), "rsr": rsr}
+        if brier_topk is not None:
+            out["brier_topk"] = brier_topk
     return out
 
 

@@ -34,7 +34,7 @@ from .methods import EXTRA, FUSED, METHODS, SKETCH, RunSums, is_ok
 from .pool import PoolReader
 from .runlock import RunLock
 from .scorer import Scorer
-from .scores import L_FLOOR, lark_energy_grad, trajectory_scores
+from .scores import L_FLOOR, check_compat, lark_energy_grad, trajectory_scores
 from .table import ScoreTable
 
 MAIN = "main"  # the kind of a record's own forward; extra forwards are named by their method
@@ -245,7 +245,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
           chat_template: Optional[str] = None, progress: bool = True, verify_head: bool = True,
           packing: str = "auto", backend: Optional[str] = None, run_dir=None, overwrite: bool = False,
           checkpoint_every: int = 2000, shard: Optional[Shard] = None, sketch_dim: Optional[int] = None,
-          sketch_layers=None, sketch_seed: int = 0, exact_grad_norm: bool = False, save_sketches=None) -> ScoreTable:
+          sketch_layers=None, sketch_seed: int = 0, exact_grad_norm: bool = False, save_sketches=None,
+          compat: str = "exact") -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (docs/method.md §3).
 
     ``records``: a ``.jsonl``/``.parquet`` path, an iterable of dicts (docs/method.md §7) or a ``PoolReader``
@@ -280,8 +281,14 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     regex of module names; ``sketch_seed`` seeds the projections. ``save_sketches=DIR`` writes
     ``sketches.npy`` (float16 [rows, dim], table order, each row scaled to max |entry| 1),
     ``scales.npy`` (the scales) and ``sketches.json`` (layers and layout).
+
+    ``compat="published"`` reproduces the published scorer's numbers (docs/method.md §3.7): its
+    tokenisation (``chat.PublishedChatTokenizer``), and ``rho``, ``g_hat`` built on the top-K Brier
+    ``brier_top{topk}`` instead of the exact ``brier`` (which stays a column). ``table.info["compat"]``
+    records the mode.
     """
     shard = shard or Shard()
+    check_compat(compat, topk)
     wanted = tuple(sorted(set(methods)))
     unknown = [m for m in wanted if m not in METHODS]
     if unknown:
@@ -301,7 +308,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
         reader.check()  # a bad record fails now, not after scoring everything before it
     scorer = Scorer(model, tokenizer, max_length=max_length, topk=topk, chat_template=chat_template,
                     verify_head=verify_head, packing=packing, backend=backend, sketch_dim=sketch_dim,
-                    sketch_layers=sketch_layers, sketch_seed=sketch_seed, exact_grad_norm=exact_grad_norm)
+                    sketch_layers=sketch_layers, sketch_seed=sketch_seed, exact_grad_norm=exact_grad_norm,
+                    compat=compat)
     sketcher = scorer.sketcher
     with RunLock(run_dir, shard) if run_dir is not None else contextlib.nullcontext():
         store, pool = None, {}
@@ -310,7 +318,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
             fingerprint = {"pool": pool, "model": _describe_model(model), "topk": topk,
                            "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
                            "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__,
-                           "sketch": sketcher.describe() if sketcher is not None else None}
+                           "sketch": sketcher.describe() if sketcher is not None else None, "compat": compat}
             store = _open_run_directory(run_dir, fingerprint, shard, overwrite)
         done = set(store.load()["ordinal"].tolist()) if store is not None else set()
         rows = RecordRows(store, checkpoint_every, 120.0, sketcher.dim if sketcher is not None else None)
@@ -342,8 +350,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
                 "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
                 "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
                 "corrupt_parts_redone": store.problems if store is not None else [],
-                "sketch": sketcher.describe() if sketcher is not None else None}
-        table = build_table(cols, topk, reader.issues, info, wanted, random_seed, sketches, exact_grad_norm)
+                "sketch": sketcher.describe() if sketcher is not None else None, "compat": compat}
+        table = build_table(cols, topk, reader.issues, info, wanted, random_seed, sketches, exact_grad_norm, compat)
         if save_sketches is not None and shard.rank == 0:
             write_sketches(save_sketches, sketches, sketcher.dim, {**sketcher.describe(), "rows": len(table)})
     return table
@@ -360,12 +368,14 @@ def _open_run_directory(run_dir, fingerprint: dict, shard: Shard, overwrite: boo
 
 
 def build_table(cols: dict, topk: int, issues: list, info: dict, wanted: tuple = (), random_seed: int = 0,
-                sketches: Optional[SketchRows] = None, exact_grad_norm: bool = False) -> ScoreTable:
+                sketches: Optional[SketchRows] = None, exact_grad_norm: bool = False,
+                compat: str = "exact") -> ScoreTable:
     """The score table from per-record sums (docs/method.md §3): per-trajectory means, then each method's
     column (``Method.compute``: every fused-pass method, and the requested others), then (with
-    ``sketches``) the gradient columns of docs/method.md §4."""
+    ``sketches``) the gradient columns of docs/method.md §4. ``compat="published"``: rho and g_hat from
+    the top-K Brier (docs/method.md §3.7)."""
     means = trajectory_scores(cols["n_tokens"], cols["nll"], cols["brier"], cols["entropy"], cols["rank_clipped"],
-                              cols["brier_topk"] if topk else None)
+                              cols["brier_topk"] if topk else None, compat)
     status = cols["status"].copy()
     reason = cols["reason"].copy()
     scored = status == chat.OK
