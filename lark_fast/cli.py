@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .methods import METHODS
 from .pool import ON_ERROR, PoolError
-from .report import lark_json, manifest_path, report_issues, selection_summary, summarize_scores, utc_now, versions
+from .report import manifest_path, report_issues, selection_summary, summarize_scores, utc_now, versions
 
 
 def cmd_score(args) -> int:
@@ -70,7 +70,8 @@ def _score(args, shard, device, template, reader, run_dir, outputs, started) -> 
                   progress=not args.quiet, packing="off" if args.no_packing else "auto", backend=args.backend,
                   run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard,
                   sketch_dim=args.sketch_dim, sketch_layers=sketch_layers(args.sketch_layers),
-                  sketch_seed=args.sketch_seed, exact_grad_norm=args.exact_grad_norm, save_sketches=args.save_sketches)
+                  sketch_seed=args.sketch_seed, exact_grad_norm=args.exact_grad_norm, save_sketches=args.save_sketches,
+                  compat=args.compat)
     status = 0 if table.info["complete"] else 3
     if shard.rank != 0:
         return status
@@ -84,7 +85,9 @@ def _score(args, shard, device, template, reader, run_dir, outputs, started) -> 
     try:
         table.write(args.output)
         if args.format == "lark-json":
-            write_json(outputs[1], lark_json(table))
+            from .lark_json import to_lark_json
+            write_json(outputs[1], to_lark_json(table, args.input, student_model=str(args.model),
+                                                vocab_size=model.get_output_embeddings().weight.shape[0]))
         write_json(man, {"command": "score", "input": str(args.input), "output": [str(p) for p in outputs],
                          "model": str(args.model), "complete": table.info["complete"],
                          "started_at": started, "finished_at": utc_now(),
@@ -120,8 +123,8 @@ def lark_json_path(output) -> Path:
 def cmd_select(args) -> int:
     from .fingerprint import file_sha256
     from .methods import method
-    from .select import select, write_train_set
-    from .table import ScoreTable, check_output, remove_stale_temporaries, write_json
+    from .select import as_table, select, write_train_set
+    from .table import check_output, remove_stale_temporaries, write_json
 
     started = utc_now()
     if args.method is not None:
@@ -132,7 +135,7 @@ def cmd_select(args) -> int:
     for path in (Path(args.output), man):
         check_output(path)
         remove_stale_temporaries(path.parent, path.name)
-    table = ScoreTable.read(args.scores)
+    table = as_table(args.scores)
     column = args.score_column or method(args.by).column
     weights = select(table, B=args.B, rule=args.rule, by=args.by, score_column=args.score_column, tau=args.tau,
                      radius=args.radius, cap=args.cap, group_cap=args.group_cap)
@@ -207,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "with a student model, then select weighted training trajectories.")
     from . import __version__
     from .ops import BACKENDS
+    from .scores import COMPAT
     from .select import RULES
     p.add_argument("--version", action="version", version=f"lark_fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -239,7 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip (default): report bad records and score the rest; fail: read the whole pool before "
                         "the model loads and stop at the first bad record")
     s.add_argument("--format", choices=("table", "lark-json"), default="table",
-                   help="lark-json: also write <output>.lark.json in the published scorer's layout")
+                   help="lark-json: also write <output>.lark.json in the published scorer's layout (readable by "
+                        "`lark-fast select --scores`)")
+    s.add_argument("--compat", choices=COMPAT, default="exact",
+                   help="exact (default): rho and g_hat from the exact Brier, token ids from the chat template; "
+                        "published: reproduce the published scorer's numbers (rho and g_hat from the top-K Brier, "
+                        "the template rendered to text and tokenised with the tokenizer's special tokens; "
+                        "docs/method.md §3.7)")
     s.add_argument("--chat-template", default=None, help="Jinja chat template file overriding the tokenizer's")
     s.add_argument("--checkpoint-every", type=int, default=2000,
                    help="flush results to <output>.parts/ every N records (and every 2 minutes); a rerun resumes")
@@ -266,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("select", help="weights per problem from a score table; writes train.jsonl")
-    s.add_argument("--scores", required=True, help="score table from `lark-fast score`")
+    s.add_argument("--scores", required=True,
+                   help="score table from `lark-fast score`, or a .json score file in the published layout "
+                        "(the published scorer's, or --format lark-json)")
     s.add_argument("--input", required=True, help="the pool that was scored")
     s.add_argument("--B", type=int, default=3, help="candidates kept per problem (default 3)")
     s.add_argument("--output", required=True, help="training set (.jsonl, published schema)")

@@ -61,6 +61,7 @@ class Record:
     messages: list  # [{"role": str, "content": str}, ...]; the last one is the assistant turn
     line: int = 0
     extra: dict = field(default_factory=dict)  # other top-level fields, kept for the output
+    json_ids: tuple = ()  # (problem_id, candidate_id) as the pool wrote them, str or int (the published layout)
 
     @property
     def key(self) -> tuple:
@@ -134,7 +135,8 @@ def parse_record(obj: Any, line: int = 0) -> Record:
         raise RecordError(f"messages[{len(roles) - 1}].role",
                    f"the last turn must be the assistant turn to score, got {roles[-1]!r}")
     extra = {k: v for k, v in obj.items() if k not in ("problem_id", "candidate_id", "teacher", "messages")}
-    return Record(problem_id, candidate_id, obj["teacher"], clean, line, extra)
+    return Record(problem_id, candidate_id, obj["teacher"], clean, line, extra,
+                  (obj["problem_id"], obj["candidate_id"]))
 
 
 class PoolReader:

@@ -1,5 +1,5 @@
-"""Reporting: what the commands print and write next to their outputs (summaries, manifests, the
-published scorer's lark-json layout)."""
+"""Reporting: what the commands print and write next to their outputs (summaries, manifests); the
+published scorer's lark-json layout is in ``lark_json``."""
 from __future__ import annotations
 
 import collections
@@ -67,20 +67,6 @@ def summarize_scores(table) -> list:
     if n_trunc:
         lines.append(f"truncated at max_length={table.info.get('max_length')}: {n_trunc} records (flagged)")
     return lines
-
-
-def lark_json(table) -> dict:
-    """The published scorer's layout: problem_id -> candidates with their energy and components."""
-    out: dict = {}
-    top = next((c for c in table.column_names if c.startswith("brier_top")), None)
-    for r in table.rows():
-        cand = {"candidate_id": r["candidate_id"], "teacher": r["teacher"], "energy": r["g_hat"], "loss": r["L"],
-                "brier": r["brier"], "rho": r["rho"], "n_tokens": r["n_tokens"], "truncated": r["truncated"],
-                "status": r["status"]}
-        if top:
-            cand[top] = r[top]
-        out.setdefault(r["problem_id"], []).append(cand)
-    return out
 
 
 def selection_summary(scores, weights: np.ndarray, B: int, score_column: str = "g_hat") -> dict:

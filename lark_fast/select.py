@@ -14,6 +14,7 @@ import numpy as np
 
 from . import solver
 from .groups import group_offsets
+from .lark_json import read_lark_json
 from .methods import ranking_score
 from .table import ScoreTable, atomic_write
 
@@ -21,11 +22,12 @@ RULES = ("lark", "chi2", "chi2_global")
 
 
 def as_table(scores) -> ScoreTable:
-    """A ScoreTable from a ScoreTable, a path, a pandas DataFrame or a dict of columns."""
+    """A ScoreTable from a ScoreTable, a path (a table, or a ``.json`` score file in the published layout:
+    ``lark_json.read_lark_json``), a pandas DataFrame or a dict of columns."""
     if isinstance(scores, ScoreTable):
         return scores
     if isinstance(scores, (str, os.PathLike)):
-        return ScoreTable.read(scores)
+        return read_lark_json(scores) if str(scores).lower().endswith(".json") else ScoreTable.read(scores)
     if hasattr(scores, "to_dict") and hasattr(scores, "columns"):  # pandas.DataFrame
         return ScoreTable({c: scores[c].to_numpy() for c in scores.columns})
     if isinstance(scores, dict):
@@ -141,10 +143,11 @@ def write_train_set(pool, table: ScoreTable, weights: np.ndarray, output: Union[
             raise ValueError(f"{len(changed)} records of {reader.name} differ from the ones that were scored "
                              f"(other messages under the same ids: {named}{', ...' if len(changed) > 5 else ''}); "
                              "pass the pool that was scored, or score this one")
-        missing = int(((weights > 0) & ~found).sum())
-        if missing:
-            raise ValueError(f"{missing} selected candidates of the score table are not in the pool "
-                             f"{reader.name}; was the table made from another pool?")
+        missing = np.flatnonzero((weights > 0) & ~found)
+        if len(missing):
+            named = ", ".join(f"{table['problem_id'][i]}/{table['candidate_id'][i]}" for i in missing[:5])
+            raise ValueError(f"{len(missing)} selected candidates of the scores are not in the pool {reader.name} "
+                             f"({named}{', ...' if len(missing) > 5 else ''}); were the scores made from another pool?")
         if not written:
             raise ValueError("nothing to write: no candidate has a weight > 0 (no row of the score table has "
                              "status ok and a finite score)")

@@ -35,6 +35,63 @@ def byte_tokenizer(chat_template=CHATML):
     return tok
 
 
+def bos_tokenizer():
+    """``byte_tokenizer`` whose tokenizer call adds a BOS token ``<s>`` (a TemplateProcessing post-processor,
+    as on Llama-style tokenizers) and whose chat template starts with that BOS too: rendering the template
+    to text and tokenising it with special tokens gives two BOS tokens, ``apply_chat_template(tokenize=True)``
+    one."""
+    from tokenizers import processors
+
+    tok = byte_tokenizer("{{ bos_token }}" + CHATML)
+    tok.add_special_tokens({"bos_token": "<s>"})
+    bos = tok.convert_tokens_to_ids("<s>")
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    return tok
+
+
+def published_scorer(model, tokenizer, records, *, max_length, top_k=50, student_model="student"):
+    """The published LARK scorer (score_lark.py, the code of arXiv 2605.30651), re-written from its algorithm
+    for tests: the chat template rendered to text (the prompt without any assistant turn, with the generation
+    prompt), each text tokenised by ``tokenizer(text, truncation=True, max_length=max_length)`` (special
+    tokens added), a record skipped when fewer than 2 tokens follow the prompt; one forward per record, fp32
+    logits, L = mean cross-entropy and Brier = mean ||e_y - softmax(top-K logits)||^2 over the tokens after
+    the prompt; per problem rho = Brier / L (0 when L <= 1e-30) and
+    g_hat = (L / sum L) (2 rho - sum rho L / sum L). Returns the file it writes, as a dict."""
+    by_problem, n_scored, n_skipped = {}, 0, 0
+    for rec in records:
+        msgs = rec["messages"]
+        full_text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+        prompt_text = tokenizer.apply_chat_template([m for m in msgs if m["role"] != "assistant"], tokenize=False,
+                                                    add_generation_prompt=True)
+        full = tokenizer(full_text, truncation=True, max_length=max_length).input_ids
+        prompt = tokenizer(prompt_text, truncation=True, max_length=max_length).input_ids
+        if len(prompt) >= len(full) - 1:
+            n_skipped += 1
+            continue
+        ids = torch.tensor([full])
+        with torch.no_grad():
+            z = model(input_ids=ids).logits[0, :-1].float()[len(prompt) - 1:len(full) - 1]
+        y = ids[0, len(prompt):]
+        L = torch.nn.functional.cross_entropy(z, y).item()
+        vals, idx = z.topk(min(top_k, z.shape[-1]), dim=-1)
+        p = torch.softmax(vals, dim=-1)
+        brier = (1 - 2 * (p * (idx == y[:, None])).sum(-1) + (p * p).sum(-1)).mean().item()
+        by_problem.setdefault(rec["problem_id"], []).append(
+            {"candidate_id": rec["candidate_id"], "teacher": rec["teacher"], "L": L, "Brier": brier})
+        n_scored += 1
+    for cands in by_problem.values():
+        rhos = [c["Brier"] / c["L"] if c["L"] > 1e-30 else 0.0 for c in cands]
+        sum_L = sum(c["L"] for c in cands)
+        sum_rho_L = sum(r * c["L"] for r, c in zip(rhos, cands))
+        for c, rho in zip(cands, rhos):
+            c["rho"] = rho
+            c["g_hat"] = c["L"] / sum_L * (2 * rho - sum_rho_L / sum_L) if sum_L > 1e-30 else float("nan")
+    return {"method": "lark_ghat", "student_model": student_model, "top_k": top_k, "n_problems": len(by_problem),
+            "n_scored": n_scored, "n_skipped": n_skipped,
+            "scores": {str(pid): cands for pid, cands in sorted(by_problem.items())}}
+
+
 def tiny_llama(vocab_size=1003, hidden_size=72, layers=2, tie=False, seed=0, init_std=0.2, **extra):
     """A random Llama-architecture student; a large init_std makes its predictions peaked."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -39,8 +39,8 @@ def test_score_then_select(model_dir, pool, tmp_path, capsys):
     manifest = json.loads((tmp_path / "out" / "scores.manifest.json").read_text())
     assert [i["line"] for i in manifest["issues"]] == [6, 10] and manifest["versions"]["lark_fast"]
     lark = json.loads((tmp_path / "out" / "scores.lark.json").read_text())
-    assert sorted(lark) == [f"prob-{i}" for i in range(4)] and len(lark["prob-0"]) == 4
-    assert lark["prob-0"][0]["energy"] == pytest.approx(table["g_hat"][0])
+    assert list(lark["scores"]) == [f"prob-{i}" for i in range(4)] and len(lark["scores"]["prob-0"]) == 4
+    assert lark["scores"]["prob-0"][0]["g_hat"] == table["g_hat"][0] and lark["n_scored"] == 16
 
     train = tmp_path / "out" / "train.jsonl"
     assert main(["select", "--scores", str(scores), "--input", str(pool), "--B", "2", "--output", str(train)]) == 0
