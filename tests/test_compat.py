@@ -221,3 +221,17 @@ def test_select_names_what_is_wrong_with_a_score_file(small, tmp_path, capsys, e
     err = capsys.readouterr().err
     assert message in err and (str(path) in err or "5/9" in err), err
     assert not train.exists()
+
+
+def test_lark_json_refuses_another_pool():
+    from lark_fast.lark_json import to_lark_json
+    recs = [{**r, "problem_id": 1, "candidate_id": i} for i, r in enumerate(make_records(1, 2))]
+    table = ScoreTable({"problem_id": ["1", "1"], "candidate_id": ["0", "1"], "teacher": ["T0", "T1"],
+                        "status": ["ok", "ok"], "L": [1.0, 2.0], "brier": [0.5, 0.5], "rho": [0.5, 0.25],
+                        "g_hat": [0.2, 0.1]})
+    out = to_lark_json(table, recs, student_model="s", vocab_size=7)
+    assert [c["candidate_id"] for c in out["scores"]["1"]] == [0, 1] and out["top_k"] == 7
+    with pytest.raises(ValueError, match="line 2 is 1/5, the score table's row 1 is 1/1: not the pool"):
+        to_lark_json(table, [recs[0], {**recs[1], "candidate_id": 5}], student_model="s", vocab_size=7)
+    with pytest.raises(ValueError, match="has 1 valid records, the score table 2 rows"):
+        to_lark_json(table, recs[:1], student_model="s", vocab_size=7)
