@@ -235,3 +235,11 @@ def test_lark_json_refuses_another_pool():
         to_lark_json(table, [recs[0], {**recs[1], "candidate_id": 5}], student_model="s", vocab_size=7)
     with pytest.raises(ValueError, match="has 1 valid records, the score table 2 rows"):
         to_lark_json(table, recs[:1], student_model="s", vocab_size=7)
+
+
+def test_parts_of_the_other_mode_are_refused(run, tmp_path):
+    import lark_fast
+    recs, kw = run["records"][:3], {"max_length": MAX_LENGTH, "progress": False, "run_dir": tmp_path / "parts"}
+    lark_fast.score(run["model"], run["tokenizer"], recs, **kw)
+    with pytest.raises(ValueError, match="other settings \\(compat differ\\)"):
+        lark_fast.score(run["model"], run["tokenizer"], recs, compat="published", **kw)
