@@ -30,7 +30,7 @@ from .table import ScoreTable
 METHOD = "lark_ghat"
 EXTRA_KEY = "lark_fast"
 NUMBERS = ("L", "Brier", "rho", "g_hat")  # the published candidate's float fields
-EXTRA_COLUMNS = ("n_tokens", "truncated", "brier", "entropy", "rsr")  # per candidate, under EXTRA_KEY
+EXTRA_COLUMNS = ("n_tokens", "truncated", "brier", "entropy", "rsr", "content_hash")  # per candidate, under EXTRA_KEY
 
 
 def to_lark_json(table: ScoreTable, pool, *, student_model: str, vocab_size: int) -> dict:
@@ -68,7 +68,7 @@ def to_lark_json(table: ScoreTable, pool, *, student_model: str, vocab_size: int
         group = groups.setdefault(rec.problem_id, (pid_json, [], []))
         group[1].append({"candidate_id": cid_json, "teacher": rec.teacher,
                          **{k: float(values[k][i]) for k in NUMBERS}})
-        group[2].append({c: table[c][i].item() for c in extra_columns})
+        group[2].append({c: table[c][i] if table[c].dtype == object else table[c][i].item() for c in extra_columns})
     if i + 1 != len(table):
         raise ValueError(f"{reader.name}: has {i + 1} valid records, the score table {len(table)} rows: not the pool "
                          "that was scored")
@@ -84,10 +84,12 @@ def to_lark_json(table: ScoreTable, pool, *, student_model: str, vocab_size: int
 
 
 def read_lark_json(path: Union[str, os.PathLike]) -> ScoreTable:
-    """A score table (problem_id, candidate_id, teacher, status, L, brier, rho, g_hat) from a score file in
+    """A score table (problem_id, candidate_id, teacher, L, brier, rho, g_hat, content_hash, status) from a file in
     the published layout, written by the published scorer or by ``to_lark_json``; ids become strings as in
-    the pool reader. A file that is not in that layout, a candidate without one of the fields, a field of
-    the wrong type and a candidate listed twice are ValueErrors naming the file, problem, position and field."""
+    the pool reader; with the ``lark_fast.candidates`` of ``to_lark_json``, each candidate's ``content_hash``
+    too, so that ``select`` checks the pool against the scored messages. A file that is not in that layout, a
+    candidate without one of the fields, a field of the wrong type and a candidate listed twice are
+    ValueErrors naming the file, problem, position and field."""
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
@@ -98,7 +100,10 @@ def read_lark_json(path: Union[str, os.PathLike]) -> ScoreTable:
     if not isinstance(obj, dict) or not isinstance(obj.get("scores"), dict):
         raise ValueError(f"{path}: not a LARK score file: expected an object with \"scores\": {{problem_id: "
                          "[{candidate_id, teacher, L, Brier, rho, g_hat}, ...]}} (the published scorer's layout)")
-    cols: dict = {k: [] for k in ("problem_id", "candidate_id", "teacher", "L", "brier", "rho", "g_hat")}
+    names = ("problem_id", "candidate_id", "teacher", "L", "brier", "rho", "g_hat", "content_hash")
+    cols: dict = {k: [] for k in names}
+    extra = obj.get(EXTRA_KEY)
+    extra = extra.get("candidates") if isinstance(extra, dict) else None
     seen = {}
     for pid, cands in obj["scores"].items():
         if not isinstance(cands, list):
@@ -130,9 +135,19 @@ def read_lark_json(path: Union[str, os.PathLike]) -> ScoreTable:
             cols["teacher"].append(teacher)
             for name in NUMBERS:
                 cols[name.lower() if name == "Brier" else name].append(math.nan if c[name] is None else float(c[name]))
+            cols["content_hash"].append(_content_hash(extra, pid, j, len(cands)))
     if not seen:
         raise ValueError(f"{path}: \"scores\" lists no candidate")
     return ScoreTable({**cols, "status": ["ok"] * len(seen)})
+
+
+def _content_hash(extra, pid: str, j: int, n: int) -> str:
+    """The content_hash ``to_lark_json`` wrote for candidate j of the n of problem pid ("" when there is none)."""
+    cands = extra.get(pid) if isinstance(extra, dict) else None
+    if not isinstance(cands, list) or len(cands) != n or not isinstance(cands[j], dict):
+        return ""
+    value = cands[j].get("content_hash", "")
+    return value if isinstance(value, str) else ""
 
 
 def _type(v) -> str:

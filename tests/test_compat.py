@@ -243,3 +243,14 @@ def test_parts_of_the_other_mode_are_refused(run, tmp_path):
     lark_fast.score(run["model"], run["tokenizer"], recs, **kw)
     with pytest.raises(ValueError, match="other settings \\(compat differ\\)"):
         lark_fast.score(run["model"], run["tokenizer"], recs, compat="published", **kw)
+
+
+def test_select_checks_the_pool_against_our_lark_json(run, tmp_path, capsys):
+    """Our lark-json carries each candidate's content_hash: a pool with other messages under the same ids
+    is refused, as with the score table."""
+    recs = [dict(r) for r in run["records"]]
+    recs[0] = {**recs[0], "messages": recs[0]["messages"][:-1] + [{"role": "assistant", "content": "other"}]}
+    swapped = write_pool(tmp_path / "swapped.jsonl", recs)
+    train = tmp_path / "train.jsonl"
+    assert main(["select", "--scores", str(run["lark"]), "--input", str(swapped), "--output", str(train)]) == 2
+    assert "differ from the ones that were scored" in capsys.readouterr().err and not train.exists()
