@@ -216,22 +216,48 @@ def test_anchor_refresh_rescores_with_the_live_model(setup, tmp_path):
         AnchorRefreshCallback(scorer, ds)
 
 
-def test_data_parallel_step_equals_single_process(setup, tmp_path):
-    """Two DDP processes (CPU, gloo) with one record each take the single-process oracle's SGD step."""
-    tok, records, _ = setup
+def run_workers(mode, tmp_path):
+    """train_dist_worker.py MODE under torchrun, 2 CPU processes; returns what rank 0 saved."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     here = os.path.dirname(__file__)
-    out = tmp_path / "delta.pt"
+    out = tmp_path / f"{mode}.pt"
     env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(port), os.path.join(here, "train_ddp_worker.py"), str(out)],
+                          str(port), os.path.join(here, "train_dist_worker.py"), mode, str(out)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    delta = torch.load(out)
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
+def test_data_parallel_step_equals_single_process(setup, tmp_path, mode):
+    """Two processes (CPU, gloo) with one record each take the single-process oracle's SGD step: DDP, and
+    DeepSpeed ZeRO-3 with every parameter partitioned (the LM head's weight gathered where the loss runs)."""
+    if mode == "zero3":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'lark_fast[deepspeed]')")
+    tok, records, _ = setup
+    delta = run_workers(mode, tmp_path)
     model = tiny_llama(vocab_size=len(tok), tie=True, init_std=0.05)
     oracle_loss(model, tok, [records[0], records[3]], [0.25, 0.6], 2).backward()
     for name, p in model.named_parameters():
         scale = p.grad.abs().max().item()
         assert (delta[name] + p.grad).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_fsdp2_gradients_equal_single_process(setup, tmp_path):
+    """FSDP2 (fully_shard, 2 CPU processes, gloo), one record per process: the weighted loss and every
+    parameter's gradient equal the single-process oracle's to 1e-5, with the LM head in the root's group
+    (tied embeddings) and sharded on its own (untied)."""
+    tok, records, _ = setup
+    result = run_workers("fsdp2", tmp_path)
+    for wrap, tie in (("root", True), ("head", False)):
+        model = tiny_llama(vocab_size=len(tok), tie=tie, init_std=0.05)
+        ref = oracle_loss(model, tok, [records[0], records[3]], [0.25, 0.6], 2)
+        ref.backward()
+        assert abs(result[wrap]["loss"] - ref.item()) <= 1e-5 * ref.item(), wrap
+        grads = result[wrap]["grads"]
+        assert grads.keys() == dict(model.named_parameters()).keys()
+        for name, p in model.named_parameters():
+            assert (grads[name] - p.grad).abs().max().item() <= 1e-5 * p.grad.abs().max().item(), (wrap, name)
