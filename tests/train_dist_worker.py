@@ -1,7 +1,9 @@
 """Run under torchrun (2 CPU processes, gloo): WeightedSFTTrainer on two records, one per process, so the
 step's normaliser (2 problems) spans processes. Rank 0 saves the result to OUT.
 
-    python -m torch.distributed.run --nproc_per_node 2 train_dist_worker.py MODE OUT
+    python -m torch.distributed.run --nproc_per_node 2 train_dist_worker.py MODE[,MODE...] OUT
+
+saves ``{mode: result}``; several modes share one start-up (which costs more than the modes themselves).
 
 MODE ddp:   one SGD step of the Trainer under DDP; saves the parameter update.
 MODE zero3: the same under DeepSpeed ZeRO-3 (the Trainer's integration; every parameter partitioned).
@@ -64,16 +66,21 @@ def fsdp2_grads(out, wrap):
     return {"loss": sum(losses), "grads": {n: p.grad.full_tensor() for n, p in model.named_parameters()}}
 
 
-def main(mode, out):
+def run(mode, out):
     if mode == "fsdp2":
-        result = {wrap: fsdp2_grads(out, wrap) for wrap in ("root", "head")}
-    elif mode == "zero3":
-        result = sgd_step(out, deepspeed={"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-                                          "train_micro_batch_size_per_gpu": "auto",
-                                          "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-                                          "gradient_clipping": "auto"})
-    else:
-        result = sgd_step(out)
+        return {wrap: fsdp2_grads(out, wrap) for wrap in ("root", "head")}
+    if mode == "zero3":
+        import deepspeed.ops
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # gloo, not a kernel compiled on first use
+        return sgd_step(out, deepspeed={"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+                                        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+                                        "train_batch_size": "auto", "gradient_clipping": "auto"})
+    assert mode == "ddp", mode
+    return sgd_step(out)
+
+
+def main(modes, out):
+    result = {mode: run(mode, out) for mode in modes.split(",")}
     if dist.get_rank() == 0:
         torch.save(result, out)
     dist.barrier()

@@ -1,5 +1,5 @@
 """``transformers.Trainer`` with the weighted loss of packed rows and a normaliser fixed per optimizer
-step (docs/method.md §6.4)."""
+step (docs/method.md §6.4), computed inside the LM head's forward so that sharded parameters work (§6.6)."""
 from __future__ import annotations
 
 import contextlib
