@@ -64,7 +64,7 @@ def training_arguments(ta: dict, own: dict, output_dir):
 
 
 def cmd_train(args) -> int:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
     from ..models import context_length, load_tokenizer, local_directory
     from .collator import PackedCollator
@@ -82,6 +82,7 @@ def cmd_train(args) -> int:
     dataset = WeightedSFTDataset(args.train_data, tokenizer, max_length=own["max_length"] or context_length(model),
                                  group_by_problem=bool(own["group_by_problem"]), chat_template=template)
     if own["lora"]:
+        set_seed(targs.seed)  # the adapters' random initialisation, whatever loading the model drew
         model = add_lora(model, own)
     trainer = WeightedSFTTrainer(model=model, args=targs, train_dataset=dataset,
                                  data_collator=PackedCollator(own["reduction"]), normalizer=own["normalizer"],
