@@ -42,7 +42,10 @@ class WeightedSFTTrainer(Trainer):
         self.args.remove_unused_columns = False  # items are not model inputs until PackedCollator packs them
         self.normalizer = normalizer
         self.loss_backend = loss_backend
-        self.head = LMHead.from_model(self.accelerator.unwrap_model(self.model))
+        # the head's module and logit transform; its weight and bias are read in the module's forward
+        # (inside_head), never kept: FSDP2 and ZeRO-3 replace or empty them
+        self.head = dataclasses.replace(LMHead.from_model(self.accelerator.unwrap_model(self.model)), weight=None,
+                                        bias=None)
         self._head_verified = False
         self._packed = False
 
