@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lark_fast.chat import ChatTokenizer
 from lark_fast.cli import main
-from lark_fast.train.config import read_config, resolve
+from lark_fast.train.config import canonical, read_config, resolve
 
 SGD = "optim: sgd\nlearning_rate: 1.0\nlr_scheduler_type: constant\nmax_grad_norm: 0\nmax_steps: 1\n" \
       "per_device_train_batch_size: 2\nsave_strategy: 'no'\nseed: 0\n"
@@ -141,6 +141,9 @@ def test_errors_are_clear(tmp_path, student, records, monkeypatch, capsys):
     bad = write(tmp_path / "sft.yaml", "epochs: 1\nlearning_rat: 0.1\n")
     assert main(common + ["--config", str(bad)]) == 2
     assert "sft.yaml: unknown key 'learning_rat'" in capsys.readouterr().err
+    if canonical("warmup_ratio", "") == "warmup_steps":  # transformers >= 5: a ratio is a warmup_steps < 1
+        assert main(common + ["--warmup-ratio", "0.1", "--warmup-steps", "5"]) == 2
+        assert "which another flag sets too" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
     assert main(common + ["--lora", "--max-steps", "1"]) == 2
     assert "pip install 'lark_fast[lora]'" in capsys.readouterr().err

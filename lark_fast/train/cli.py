@@ -73,7 +73,13 @@ def cmd_train(args) -> int:
     from .trainer import WeightedSFTTrainer
 
     config = read_config(args.config) if args.config else {}
-    ta, own = resolve(config, {canonical(flag, "--" + flag.replace("_", "-")): getattr(args, flag) for flag in OVERRIDES})
+    overrides: dict = {}
+    for flag in OVERRIDES:
+        name, value = canonical(flag, "--" + flag.replace("_", "-")), getattr(args, flag)
+        if value is not None and overrides.get(name) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')}: sets {name!r}, which another flag sets too")
+        overrides[name] = overrides.get(name) if value is None else value
+    ta, own = resolve(config, overrides)
     targs = training_arguments(ta, own, args.output_dir)
     directory = local_directory(args.model)
     tokenizer = load_tokenizer(directory)
