@@ -66,6 +66,8 @@ def test_config_maps_published_keys_and_flags_override(tmp_path):
     assert ta["report_to"] == "none"
     with pytest.raises(ValueError, match=r"bad\.yaml: unknown key 'learning_rte'"):
         read_config(write(tmp_path / "bad.yaml", "learning_rte: 1.0\n"))
+    with pytest.raises(ValueError, match="command line"):
+        read_config(write(tmp_path / "out.yaml", "output_dir: x\n"))
     with pytest.raises(ValueError, match="a second time"):
         read_config(write(tmp_path / "twice.yaml", "epochs: 1\nnum_train_epochs: 2\n"))
     with pytest.raises(ValueError, match="warmup_ratio"):

@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(args.output_dir)
         settings = {"model": str(args.model), "train_data": str(args.train_data), "config": args.config,
-                    "training_arguments": {k: v for k, v in ta.items()}, "lark_fast": own,
+                    "training_arguments": ta, "lark_fast": own,
                     "trajectories": len(dataset.keys), "problems": len(dataset.problem_ids),
                     "truncated": dataset.n_truncated, "skipped": dataset.skipped,
                     "global_step": result.global_step, "train_loss": result.training_loss}

@@ -42,9 +42,9 @@ DEFAULTS = {"report_to": "none", "logging_steps": 10, "save_strategy": "steps", 
 COMMAND_LINE_ONLY = ("output_dir",)
 
 
-def _fields() -> dict:
+def _fields() -> set:
     from transformers import TrainingArguments
-    return {f.name: f for f in dataclasses.fields(TrainingArguments) if f.init}
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
 
 
 def canonical(key: str, where: str) -> str:
@@ -56,7 +56,9 @@ def canonical(key: str, where: str) -> str:
     name = ALIASES.get(key, key)
     if name not in fields:
         name = FALLBACK.get(name, name)
-    if name in fields and name not in COMMAND_LINE_ONLY:
+    if name in COMMAND_LINE_ONLY:
+        raise ValueError(f"{where}: {key!r} is set on the command line (--{name.replace('_', '-')})")
+    if name in fields:
         return name
     raise ValueError(f"{where}: unknown key {key!r} (keys: TrainingArguments fields, {', '.join(sorted(ALIASES))}, "
                      f"{', '.join(sorted(set(OWN) | set(OWN_ALIASES)))})")
