@@ -11,6 +11,11 @@
 #   scoring    whole pipeline vs the published approach on a Qwen2.5-0.5B-shaped model, and one
 #              32k-token trajectory on a Qwen2.5-7B-shaped model (152k vocabulary: the reference's fp32
 #              logits alone are 20 GB) — lark_fast vs reference: who runs out of memory
+#   train      lark-fast train under torchrun on one GPU: the Trainer's FSDP2 (--fsdp), DeepSpeed ZeRO-3 and
+#              ZeRO-3 + LoRA + gradient checkpointing each take the unsharded command's SGD step
+#              (tests/test_train_cli.py -k sharded). Needs peft and deepspeed: the GPU machine has no network, so
+#              put their wheels under .whl/ first (pip wheel --no-deps -w .whl peft deepspeed hjson py-cpuinfo
+#              msgpack einops ninja; DeepSpeed's test skips when it cannot be imported)
 #
 #   STEPS="lm_head loss" BUDGET=500 benchmarks/gpu_check.sh [OUT_DIR]     OUT_DIR: $OUT or benchmarks/results/gpu
 #
@@ -27,7 +32,7 @@ export PYTHONUNBUFFERED=1
 export LARK_GIT_SHA=${LARK_GIT_SHA:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 start=$SECONDS
 BUDGET=${BUDGET:-540}  # seconds for all steps together
-STEPS=${STEPS:-lm_head loss sketch scoring}
+STEPS=${STEPS:-lm_head loss sketch scoring train}
 failed=()
 step() {  # step NAME TIMEOUT_S CMD...: runs CMD within min(TIMEOUT_S, what is left of BUDGET), records failures
   local name=$1 limit=$2 left=$((BUDGET - (SECONDS - start)))
@@ -76,6 +81,10 @@ if $PY -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
           --input .gpu_assets/pool.jsonl --tokenizer .gpu_assets/tokenizer --long 1 --repeats 1 \
           --providers lark_fast,published --output bench_scoring_gpu_7b_32k.csv
         cp benchmarks/results/bench_scoring_gpu_*.csv "$OUT_DIR/" 2>/dev/null ;;
+      train)
+        # LARK_FAST_BACKEND=auto: the fused loss runs its Triton kernels (the tests' default is the torch path)
+        step train-sharded 240 env LARK_FAST_BACKEND=auto $PY -m pytest -q tests/test_train_cli.py -k sharded -rs \
+          -p no:cacheprovider ;;
       *) echo "!! unknown step group $group"; failed+=("$group") ;;
     esac
   done
@@ -87,6 +96,7 @@ else
   step sketch-kernels 300 $PY benchmarks/gpu_sketch_check.py --cpu --out "$OUT_DIR"
   step scoring 300 $PY benchmarks/bench_scoring.py --workload head --problems 1 --repeats 1 \
     --output "$OUT_DIR/bench_scoring_dryrun.csv"
+  step train-sharded 300 $PY -m pytest -q tests/test_train_cli.py -k sharded -rs -p no:cacheprovider
 fi
 
 echo "== [$((SECONDS - start)) s] done; failed: ${failed[*]:-none}"

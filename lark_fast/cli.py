@@ -325,8 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .diagnose.cli import add_parser as add_diagnose_parser
     from .eval.cli import add_parser as add_eval_parser
+    from .train.cli import add_parser as add_train_parser
     add_eval_parser(sub)
     add_diagnose_parser(sub, model_flags)
+    add_train_parser(sub)
     return p
 
 

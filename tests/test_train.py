@@ -216,22 +216,56 @@ def test_anchor_refresh_rescores_with_the_live_model(setup, tmp_path):
         AnchorRefreshCallback(scorer, ds)
 
 
-def test_data_parallel_step_equals_single_process(setup, tmp_path):
-    """Two DDP processes (CPU, gloo) with one record each take the single-process oracle's SGD step."""
-    tok, records, _ = setup
+def run_workers(modes, tmp_path):
+    """train_dist_worker.py MODES under torchrun, 2 CPU processes; returns what rank 0 saved, {mode: result}."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     here = os.path.dirname(__file__)
-    out = tmp_path / "delta.pt"
+    out = tmp_path / "result.pt"
     env = {**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(port), os.path.join(here, "train_ddp_worker.py"), str(out)],
+                          str(port), os.path.join(here, "train_dist_worker.py"), modes, str(out)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    delta = torch.load(out)
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """DDP and FSDP2 from one torchrun (its start-up costs more than both)."""
+    return run_workers("ddp,fsdp2", tmp_path_factory.mktemp("dist"))
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
+def test_data_parallel_step_equals_single_process(setup, tmp_path, mode, request):
+    """Two processes (CPU, gloo) with one record each take the single-process oracle's SGD step: DDP, and
+    DeepSpeed ZeRO-3 with every parameter partitioned (the LM head's weight gathered where the loss runs)."""
+    if mode == "zero3":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'lark_fast[deepspeed]')")
+        delta = run_workers("zero3", tmp_path)["zero3"]
+    else:
+        delta = request.getfixturevalue("two_processes")["ddp"]
+    tok, records, _ = setup
     model = tiny_llama(vocab_size=len(tok), tie=True, init_std=0.05)
     oracle_loss(model, tok, [records[0], records[3]], [0.25, 0.6], 2).backward()
     for name, p in model.named_parameters():
         scale = p.grad.abs().max().item()
         assert (delta[name] + p.grad).abs().max().item() <= 1e-4 * scale, name
+
+
+def test_fsdp2_gradients_equal_single_process(setup, two_processes):
+    """FSDP2 (fully_shard, 2 CPU processes, gloo), one record per process: the weighted loss and every
+    parameter's gradient equal the single-process oracle's to 1e-5, with the LM head in the root's group
+    (tied embeddings) and sharded on its own (untied)."""
+    tok, records, _ = setup
+    for wrap, tie in (("root", True), ("head", False)):
+        model = tiny_llama(vocab_size=len(tok), tie=tie, init_std=0.05)
+        ref = oracle_loss(model, tok, [records[0], records[3]], [0.25, 0.6], 2)
+        ref.backward()
+        result = two_processes["fsdp2"][wrap]
+        assert abs(result["loss"] - ref.item()) <= 1e-5 * ref.item(), wrap
+        assert result["grads"].keys() == dict(model.named_parameters()).keys()
+        for name, p in model.named_parameters():
+            err = (result["grads"][name] - p.grad).abs().max().item()
+            assert err <= 1e-5 * p.grad.abs().max().item(), (wrap, name)

@@ -18,6 +18,10 @@ averages gradients. The step's gradient is therefore that of sum_{step} w nll / 
 split into micro-batches and processes. With ``group_by_problem=True`` a dataset item is a whole
 problem, so N_step = per_device_train_batch_size x gradient_accumulation_steps x W. A number instead
 of "problems" fixes N_step to that constant.
+
+The loss runs inside the LM head's own forward, so FSDP2 and DeepSpeed ZeRO-3 work as DDP does
+(docs/method.md §6.6). ``lark-fast train`` (cli.py; settings in config.py) wraps the trainer: YAML settings in
+the published names, LoRA through peft, DeepSpeed, FSDP2.
 """
 from __future__ import annotations
 from .collator import REDUCTIONS, PackedCollator
