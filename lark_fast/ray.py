@@ -33,6 +33,7 @@ from .columns import COLUMNS
 from .pool import PoolError, PoolIssue, RecordError, parse_record
 
 ISSUE_FIELD, ISSUE_REASON = "issue_field", "issue_reason"  # per input row: why it is not a record ("" if it is)
+DUPLICATE = "duplicate"  # the issue reason of a record whose key came earlier in the same batch
 
 
 def _require_ray():
@@ -90,20 +91,24 @@ class TrajectoryScorer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
 
     def __call__(self, batch):
-        rows = batch.to_pylist()
-        records, issues = [], []
-        for row in rows:
+        records, issues, keys = [], [], []
+        for row in batch.to_pylist():
             try:
-                records.append(parse_record(row))
-                issues.append(("", ""))
+                rec = parse_record(row)
             except RecordError as bad:
                 records.append(None)
                 issues.append((bad.field or "", bad.reason))
+                keys.append(("", ""))
+                continue
+            repeated = rec.key in keys
+            records.append(None if repeated else rec)
+            issues.append(("", DUPLICATE if repeated else ""))
+            keys.append(rec.key)
         stored = self._stored(records)
         if stored is not None:
             return stored
         cols = self._score([r for r in records if r is not None])
-        out = _rows_per_input(records, issues, cols)
+        out = _rows_per_input(records, issues, keys, cols)
         if self.checkpoint_dir is not None:
             self._store(records, out)
         return out
@@ -153,8 +158,9 @@ class TrajectoryScorer:
             pq.write_table(out.replace_schema_metadata({CHECKSUM_KEY: checksum(cols, self.settings).encode()}), f)
 
 
-def _rows_per_input(records: list, issues: list, cols: dict):
-    """A pyarrow table with one row per input row: the issue columns and the sums (a bad row: empty)."""
+def _rows_per_input(records: list, issues: list, keys: list, cols: dict):
+    """A pyarrow table with one row per input row: the issue columns and the sums (a bad row: empty; a
+    repeated record: its key)."""
     import pyarrow as pa
 
     from .columns import missing
@@ -164,6 +170,8 @@ def _rows_per_input(records: list, issues: list, cols: dict):
     for k, t in COLUMNS.items():
         full = np.full(len(records), "" if t is object else False if t is bool else missing(k), dtype=t)
         full[valid] = cols[k]
+        if k in ("problem_id", "candidate_id"):
+            full[:] = [key[k == "candidate_id"] for key in keys]
         data[k] = pa.array(full.tolist(), pa.string()) if t is object else pa.array(full)
     data["ordinal"] = pa.array(np.arange(len(records)))
     return pa.table(data)
@@ -222,7 +230,7 @@ def _number_records(out, source: str, on_error: str) -> tuple:
     keys = list(zip(out.column("problem_id").to_pylist(), out.column("candidate_id").to_pylist()))
     keep, issues, seen = [], [], {}
     for i, (reason, key) in enumerate(zip(reasons, keys)):
-        if reason:
+        if reason and reason != DUPLICATE:
             issue = PoolIssue(source, i + 1, fields[i] or None, reason, "record")
         elif key in seen:
             issue = PoolIssue(source, i + 1, None, f"duplicate (problem_id, candidate_id) = ({key[0]!r}, {key[1]!r}); "

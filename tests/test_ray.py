@@ -50,41 +50,23 @@ def assert_same_table(a, b):
             assert list(a[k]) == list(b[k]), k
 
 
-class DiesOnce:
-    """A student factory whose first forward, in whichever actor gets there first, kills that actor's
-    process (the marker file makes it happen once)."""
+class DiesMidway:
+    """A student factory whose first forward after some batch's result was stored (so: inside a batch,
+    mid-job) kills its actor's process; the marker file makes it happen once."""
 
-    def __init__(self, model_dir, marker):
-        self.model_dir, self.marker = str(model_dir), str(marker)
+    def __init__(self, model_dir, marker, checkpoints):
+        self.model_dir, self.marker, self.checkpoints = str(model_dir), str(marker), str(checkpoints)
 
     def __call__(self):
         model, tokenizer = load_student(self.model_dir, "cpu")
 
-        def die_the_first_time(module, args):
-            try:
-                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+        def die_once_midway(module, args):
+            if os.path.exists(self.marker) or not any(n.endswith(".parquet") for n in os.listdir(self.checkpoints)):
                 return
-            os.close(fd)
+            open(self.marker, "w").close()
             os._exit(1)
 
-        model.register_forward_pre_hook(die_the_first_time)
-        return model, tokenizer
-
-
-class NeverScores:
-    """A student factory whose forwards fail: every batch must come from the checkpoints."""
-
-    def __init__(self, model_dir):
-        self.model_dir = str(model_dir)
-
-    def __call__(self):
-        model, tokenizer = load_student(self.model_dir, "cpu")
-
-        def fail(module, args):
-            raise RuntimeError("this run must not score anything")
-
-        model.register_forward_pre_hook(fail)
+        model.model.register_forward_pre_hook(die_once_midway)
         return model, tokenizer
 
 
@@ -99,14 +81,21 @@ def test_two_actors_equal_one_process(local_ray, model_dir, pool, reference):
 
 def test_killed_actor_is_retried_and_checkpoints_skip_done_batches(local_ray, model_dir, pool, reference, tmp_path):
     marker, checkpoints = tmp_path / "died", tmp_path / "batches"
-    table = score_dataset(read_pool(str(pool)), DiesOnce(model_dir, marker), concurrency=2, rows_per_batch=16,
-                          methods=["random"], checkpoint_dir=checkpoints)
+    checkpoints.mkdir()
+    table = score_dataset(read_pool(str(pool)), DiesMidway(model_dir, marker, checkpoints), concurrency=2,
+                          rows_per_batch=16, methods=["random"], checkpoint_dir=checkpoints)
     assert marker.exists(), "an actor must have died"
     assert_same_table(table, reference)
-    assert list(checkpoints.glob("*.parquet"))
-    again = score_dataset(read_pool(str(pool)), NeverScores(model_dir), concurrency=2, rows_per_batch=16,
+
+    def stored():
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in checkpoints.glob("*.parquet")}
+
+    before = stored()
+    assert len(before) >= 2
+    again = score_dataset(read_pool(str(pool)), str(model_dir), concurrency=2, rows_per_batch=16,
                           methods=["random"], checkpoint_dir=checkpoints)
     assert_same_table(again, reference)
+    assert stored() == before, "a batch was scored again"
 
 
 def test_cli_engine_ray(local_ray, model_dir, pool, reference, tmp_path):
