@@ -19,6 +19,7 @@ import hashlib
 import heapq
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,10 @@ from .pool import PoolIssue, PoolReader
 from .table import atomic_write
 
 PART_KEY = b"lark_fast.part"
+
+
+class CorruptPart(ValueError):
+    """A part that cannot be read to its end or whose content does not match its checksum."""
 
 
 def parse_shard(value) -> tuple:
@@ -149,7 +154,7 @@ def read_part(path) -> Part:
     try:
         table = pq.read_table(path)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+        raise CorruptPart(f"{path}: corrupt part, not a readable Parquet file ({type(e).__name__}: {e})") from None
     meta = table.schema.metadata or {}
     if PART_KEY not in meta:
         raise ValueError(f"{path}: not a shard part (no {PART_KEY.decode()} metadata; is it a score table? "
@@ -157,19 +162,24 @@ def read_part(path) -> Part:
     settings, text = meta.get(SETTINGS_KEY, b"").decode(), meta[PART_KEY].decode()
     missing = [k for k in COLUMNS if k not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: corrupt part (columns {', '.join(missing)} missing)")
+        raise CorruptPart(f"{path}: corrupt part (columns {', '.join(missing)} missing)")
     cols = {k: np.array(table.column(k).to_pylist(), dtype=t) for k, t in COLUMNS.items()}
     if meta.get(CHECKSUM_KEY, b"").decode() != _part_checksum(cols, settings, text):
-        raise ValueError(f"{path}: corrupt part (its content does not match its checksum); score the shard again")
+        raise CorruptPart(f"{path}: corrupt part (its content does not match its checksum); score the shard again")
     return Part(path, cols, settings, json.loads(text))
 
 
 def reusable_part(path, settings: str, meta: dict) -> Optional[Part]:
     """The part at ``path`` when it is this shard's of this run (a rerun is then a no-op); None when there
-    is none; ValueError when it belongs to another run or shard (``overwrite`` replaces it)."""
+    is none or it is corrupt (reported: the shard is scored again); ValueError when it belongs to another run or
+    shard, or is no part (``overwrite`` replaces it)."""
     if not Path(path).exists():
         return None
-    part = read_part(path)
+    try:
+        part = read_part(path)
+    except CorruptPart as e:
+        warnings.warn(f"{e}: scoring the shard again", stacklevel=3)
+        return None
     expected = {**json.loads(settings), **{k: meta[k] for k in RUN_KEYS}}
     differ = sorted(k for k in set(expected) | set(part.run) if expected.get(k) != part.run.get(k))
     if part.shard != tuple(meta["shard"]):

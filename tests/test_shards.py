@@ -144,5 +144,9 @@ def test_cli_shards_merge_and_refusals(model_dir, tmp_path, capsys):
     pq.write_table(t.set_column(nll, "nll", [[v + 1 for v in t.column("nll").to_pylist()]])
                    .replace_schema_metadata(t.schema.metadata), parts[0])
     assert f"{parts[0]}: corrupt part" in refused(*parts)
+    with pytest.warns(UserWarning, match="corrupt part"):  # a rerun of its shard scores it again
+        assert main(base + ["--output", str(parts[0]), "--shard", "0/3"]) == 0
+    assert main(["merge", *map(str, parts), "--output", str(out)]) == 0
+    assert_same_table(ScoreTable.read(out), ScoreTable.read(tmp_path / "ref.parquet"))
     with pytest.raises(MergeError, match="no parts"):
         merge_parts([])
