@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="ray: score with Ray Data actors (pip install 'lark_fast[ray]'); --input may be a list of "
                         "comma-separated paths or object-store URLs")
-    g.add_argument("--ray-address", default=None, metavar="ADDR", help="Ray cluster to join (default: start a local one)")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (default: start a local one)")
     g.add_argument("--concurrency", type=int, default=None, metavar="N",
                    help="Ray actors, one student each (default: one per GPU, or 2 on CPU)")
     g = s.add_argument_group("gradient sketches (docs/method.md §4)")

@@ -61,7 +61,8 @@ def merge_parts(paths) -> ScoreTable:
     info = {**infos[0], "seconds": sum(i["seconds"] for i in infos),
             "scored_tokens_this_run": sum(i["scored_tokens_this_run"] for i in infos),
             "forward_tokens": sum(i["forward_tokens"] for i in infos), "shard": None, "shards": count,
-            "complete": all(p.meta["complete"] for p in parts), "records_resumed": sum(i["records_resumed"] for i in infos)}
+            "complete": all(p.meta["complete"] for p in parts),
+            "records_resumed": sum(i["records_resumed"] for i in infos)}
     return build_table(cols, options["topk"], first.issues(), info, tuple(options["methods"]), options["random_seed"])
 
 

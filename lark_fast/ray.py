@@ -218,7 +218,8 @@ def score_dataset(ds, model: Union[str, Callable], *, concurrency: Optional[int]
     import pyarrow as pa
     out = pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
     cols, issues = _number_records(out, source, on_error)
-    info = {"engine": "ray", "actors": concurrency, "seconds": time.perf_counter() - t0, "records_read": len(cols["ordinal"]),
+    info = {"engine": "ray", "actors": concurrency, "seconds": time.perf_counter() - t0,
+            "records_read": len(cols["ordinal"]),
             "complete": True, "scored_tokens_this_run": int(cols["n_tokens"].sum()), "records_resumed": 0,
             "topk": topk, "methods": list(wanted), "random_seed": random_seed, "corrupt_parts_redone": []}
     return build_table(cols, topk, issues, info, wanted, random_seed)
@@ -243,7 +244,8 @@ def _number_records(out, source: str, on_error: str) -> tuple:
             raise PoolError(issue)
         issues.append(issue)
     if not keep:
-        raise ValueError(f"{source}: no valid records" + (f": {len(issues)} bad, the first: {issues[0]}" if issues else ""))
+        first = f": {len(issues)} bad, the first: {issues[0]}" if issues else ""
+        raise ValueError(f"{source}: no valid records{first}")
     valid = out.take(keep)
     cols = {k: np.array(valid.column(k).to_pylist(), dtype=t) for k, t in COLUMNS.items()}
     cols["ordinal"] = np.arange(len(keep))
@@ -255,6 +257,7 @@ def cmd_score_ray(args, started: str) -> int:
     import collections
     import shutil
 
+    from .fingerprint import file_sha256
     from .report import manifest_path, report_issues, summarize_scores, utc_now, versions
     from .table import check_output, remove_stale_temporaries, table_format, write_json
 
@@ -292,6 +295,7 @@ def cmd_score_ray(args, started: str) -> int:
     table.write(args.output)
     write_json(man, {"command": "score", "engine": "ray", "input": str(args.input), "output": [str(args.output)],
                      "model": str(args.model), "complete": True, "started_at": started, "finished_at": utc_now(),
+                     "sha256": {"outputs": {str(args.output): file_sha256(args.output)}},
                      "options": {k: v for k, v in vars(args).items() if k != "func"}, "info": table.info,
                      "issues": [i.to_dict() for i in table.issues],
                      "status_counts": dict(collections.Counter(table["status"].tolist())), "versions": versions()})
