@@ -23,6 +23,9 @@ def cmd_score(args) -> int:
     from .table import check_output, remove_stale_temporaries, table_format
 
     started = utc_now()
+    if args.engine == "ray":
+        from .ray import cmd_score_ray
+        return cmd_score_ray(args, started)
     # everything that can be checked is checked before the model loads
     table_format(args.output)
     outputs = [Path(args.output)] + ([lark_json_path(args.output)] if args.format == "lark-json" else [])
@@ -37,6 +40,9 @@ def cmd_score(args) -> int:
         reader.require_records()
     template = Path(args.chat_template).read_text(encoding="utf-8") if args.chat_template else None
     shard = dist.shard_from_env()
+    if args.shard and (shard.world > 1 or args.format != "table"):
+        raise ValueError("--shard: a shard's part is its output; not under torchrun (its ranks are the shards) "
+                         "and not with --format lark-json (give it to `lark-fast merge`)")
     device = resolve_device(args.device)
     if shard.world > 1 and device == "cuda":
         import torch
@@ -68,12 +74,21 @@ def _score(args, shard, device, template, reader, run_dir, outputs, started) -> 
                   max_tokens_per_batch=args.max_tokens_per_batch, topk=args.topk, on_error=args.on_error,
                   methods=[m for m in args.methods.split(",") if m], chat_template=template,
                   progress=not args.quiet, packing="off" if args.no_packing else "auto", backend=args.backend,
-                  run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every, shard=shard,
+                  run_dir=run_dir, overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
+                  shard=args.shard or shard, part=args.output if args.shard else None,
                   sketch_dim=args.sketch_dim, sketch_layers=sketch_layers(args.sketch_layers),
                   sketch_seed=args.sketch_seed, exact_grad_norm=args.exact_grad_norm, save_sketches=args.save_sketches,
                   compat=args.compat)
     status = 0 if table.info["complete"] else 3
     if shard.rank != 0:
+        return status
+    if args.shard:
+        report_issues(table.issues)
+        if not args.keep_parts:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        done = "its part existed, nothing was scored" if table.info.get("part_reused") else \
+            f"{table.info['scored_tokens_this_run']} tokens in {table.info['seconds']:.1f} s"
+        print(f"shard {args.shard}: {len(table)} records ({done}); wrote {args.output}")
         return status
     if table.info["records_resumed"]:
         print(f"resumed: {table.info['records_resumed']} records were already scored in {run_dir}")
@@ -260,6 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LM-head statistics: auto (default; Triton on CUDA, the C++ kernel on CPU), " + ", ".join(BACKENDS[1:])
                         + " (also $LARK_FAST_BACKEND)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = s.add_argument_group("scaling out (docs/method.md §11; README: Scaling out)")
+    g.add_argument("--shard", default=None, metavar="I/N", help="score shard I of N (from 0; whole problems, balanced "
+                   "by length) and write its part to --output; then `lark-fast merge PARTS... --output T`")
+    g.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: score with Ray Data actors (pip install 'lark_fast[ray]'); --input may be a list of "
+                        "comma-separated paths or object-store URLs")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (default: start a local one)")
+    g.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="Ray actors, one student each (default: one per GPU, or 2 on CPU)")
     g = s.add_argument_group("gradient sketches (docs/method.md §4)")
     g.add_argument("--sketch-dim", type=int, default=None, metavar="K",
                    help="add grad_norm_sq, rho_grad, kappa and g_hat_grad from K x K Kronecker sketches per layer of "
@@ -325,9 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .diagnose.cli import add_parser as add_diagnose_parser
     from .eval.cli import add_parser as add_eval_parser
+    from .merge import add_parser as add_merge_parser
     from .train.cli import add_parser as add_train_parser
     add_eval_parser(sub)
     add_diagnose_parser(sub, model_flags)
+    add_merge_parser(sub)
     add_train_parser(sub)
     return p
 

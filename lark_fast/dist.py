@@ -1,4 +1,5 @@
-"""Multi-process scoring under torchrun: rank r scores the valid records whose ordinal % world == r.
+"""Multi-process scoring under torchrun: rank r scores shard r of world (``shards.plan_shards``: whole
+problems, balanced by length), the same shards as ``lark-fast score --shard r/world``.
 
 ``torchrun --nproc_per_node N $(which lark-fast) score ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 the process group (NCCL on CUDA, gloo on CPU) is only used for barriers and for rank 0 to tell the
@@ -15,9 +16,6 @@ class Shard:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-
-    def owns(self, ordinal: int) -> bool:
-        return ordinal % self.world == self.rank
 
 
 def shard_from_env() -> Shard:

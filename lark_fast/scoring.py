@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import queue
 import threading
 import time
@@ -35,6 +36,7 @@ from .pool import PoolReader
 from .runlock import RunLock
 from .scorer import Scorer
 from .scores import L_FLOOR, check_compat, lark_energy_grad, trajectory_scores
+from .shards import ShardPlan, parse_shard, plan_shards, reusable_part, write_part
 from .table import ScoreTable
 
 MAIN = "main"  # the kind of a record's own forward; extra forwards are named by their method
@@ -107,10 +109,10 @@ class ScoringRun:
     """One process's scoring of its shard: see the module docstring. ``run()`` returns when every record
     of the shard is booked in ``rows``; ``n_tokens`` (scored) and ``forward_tokens`` count this run."""
 
-    def __init__(self, scorer: Scorer, reader: PoolReader, rows: RecordRows, *, shard: Shard, done: set,
-                 extra: tuple, max_tokens_per_batch: int, batch_size: Optional[int], progress: bool):
+    def __init__(self, scorer: Scorer, reader: PoolReader, rows: RecordRows, *, index: int, plan: Optional[ShardPlan],
+                 done: set, extra: tuple, max_tokens_per_batch: int, batch_size: Optional[int], progress: bool):
         self.scorer, self.reader, self.rows = scorer, reader, rows
-        self.shard, self.done, self.extra = shard, done, extra
+        self.index, self.plan, self.done, self.extra = index, plan, done, extra
         self.max_tokens_per_batch, self.batch_size = max_tokens_per_batch, batch_size
         self.progress = progress
         self.pending: dict = {}
@@ -120,10 +122,9 @@ class ScoringRun:
     def run(self) -> None:
         from tqdm.auto import tqdm
 
-        total = self.reader.count()
-        world = self.shard.world
-        self.bar = tqdm(total=None if total is None else max(0, -(-total // world) - len(self.done)), unit="rec",
-                        desc="scoring" if world == 1 else f"scoring (rank {self.shard.rank})",
+        total = self.reader.count() if self.plan is None else len(self.plan.ordinals(self.index))
+        self.bar = tqdm(total=None if total is None else max(0, total - len(self.done)), unit="rec",
+                        desc="scoring" if self.plan is None else f"scoring (shard {self.index}/{self.plan.count})",
                         disable=not self.progress, dynamic_ncols=True)
         self.t0 = time.perf_counter()
         items: queue.Queue = queue.Queue(maxsize=4096)
@@ -163,7 +164,7 @@ class ScoringRun:
         try:
             chat_tok = self.scorer.chat
             for ordinal, rec in enumerate(self.reader):
-                if not self.shard.owns(ordinal) or ordinal in self.done:
+                if (self.plan is not None and not self.plan.owns(self.index, ordinal)) or ordinal in self.done:
                     continue
                 tok = chat_tok(rec.messages)
                 forwards = [(MAIN, tok)]
@@ -244,7 +245,7 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
           methods: Iterable[str] = (), random_seed: int = 0, on_error: str = "skip",
           chat_template: Optional[str] = None, progress: bool = True, verify_head: bool = True,
           packing: str = "auto", backend: Optional[str] = None, run_dir=None, overwrite: bool = False,
-          checkpoint_every: int = 2000, shard: Optional[Shard] = None, sketch_dim: Optional[int] = None,
+          checkpoint_every: int = 2000, shard=None, part=None, sketch_dim: Optional[int] = None,
           sketch_layers=None, sketch_seed: int = 0, exact_grad_norm: bool = False, save_sketches=None,
           compat: str = "exact") -> ScoreTable:
     """Scores every record of a pool with the student ``model`` (docs/method.md §3).
@@ -287,8 +288,8 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
     ``brier_top{topk}`` instead of the exact ``brier`` (which stays a column). ``table.info["compat"]``
     records the mode.
     """
-    shard = shard or Shard()
     check_compat(compat, topk)
+    index, count, group = _work_shard(shard)
     wanted = tuple(sorted(set(methods)))
     unknown = [m for m in wanted if m not in METHODS]
     if unknown:
@@ -301,9 +302,18 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
         raise ValueError("save_sketches: needs sketch_dim")
     if (max_tokens_per_batch is not None and max_tokens_per_batch < 1) or (batch_size is not None and batch_size < 1):
         raise ValueError("max_tokens_per_batch and batch_size must be >= 1")
-    if shard.world > 1 and run_dir is None:
+    if group.world > 1 and run_dir is None:
         raise ValueError("run_dir: required when scoring with several processes")
+    standalone = shard is not None and not isinstance(shard, Shard)
+    if standalone != (part is not None):
+        raise ValueError("part: give shard=(i, n) and part=PATH together (the shard's part goes to part)")
+    if standalone and sketch_dim is not None:
+        raise ValueError("sketch_dim: shard parts do not carry gradient sketches; score with one process or "
+                         "torchrun (one run directory) for the gradient columns")
     reader = records if isinstance(records, PoolReader) else PoolReader(records, on_error=on_error)
+    if (count > 1 or standalone) and not reader.rereadable:
+        raise ValueError("shard: a sharded run reads the pool twice (to plan the shards); pass a file or a list, "
+                         "not a generator")
     if reader.on_error == "fail" and reader.rereadable:
         reader.check()  # a bad record fails now, not after scoring everything before it
     scorer = Scorer(model, tokenizer, max_length=max_length, topk=topk, chat_template=chat_template,
@@ -311,59 +321,82 @@ def score(model, tokenizer, records: Union[str, Iterable[dict]], *, max_length: 
                     sketch_layers=sketch_layers, sketch_seed=sketch_seed, exact_grad_norm=exact_grad_norm,
                     compat=compat)
     sketcher = scorer.sketcher
-    with RunLock(run_dir, shard) if run_dir is not None else contextlib.nullcontext():
-        store, pool = None, {}
-        if run_dir is not None:
-            pool = _describe_source(reader)
-            fingerprint = {"pool": pool, "model": _describe_model(model), "topk": topk,
-                           "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
-                           "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__,
-                           "sketch": sketcher.describe() if sketcher is not None else None, "compat": compat}
-            store = _open_run_directory(run_dir, fingerprint, shard, overwrite)
+    plan = plan_shards(reader.source, count) if count > 1 or standalone else None
+    options = {"topk": topk, "methods": list(wanted), "random_seed": random_seed, "exact_grad_norm": exact_grad_norm,
+               "compat": compat}
+    pool = _describe_source(reader) if run_dir is not None or standalone else {}
+    fingerprint = {"pool": pool, "model": _describe_model(model), "topk": topk,
+                   "max_length": scorer.chat.max_length, "chat_template": chat_template or "",
+                   "extra_methods": list(extra), "lark_fast": __import__("lark_fast").__version__,
+                   "sketch": sketcher.describe() if sketcher is not None else None, "compat": compat}
+    settings = json.dumps(fingerprint, sort_keys=True)
+    part_meta = {"shard": [index, count], "count": count, "table": options,
+                 "pool_records": plan.n_records, "pool_digest": plan.pool_digest} if standalone else None
+    if standalone and not overwrite:
+        reused = reusable_part(part, settings, part_meta)
+        if reused is not None:
+            return build_table(reused.columns, topk, reused.issues(), {**reused.meta["info"], "part_reused": True},
+                               wanted, random_seed, compat=compat)
+    with RunLock(run_dir, group) if run_dir is not None else contextlib.nullcontext():
+        store = _open_run_directory(run_dir, fingerprint, group, overwrite) if run_dir is not None else None
         done = set(store.load()["ordinal"].tolist()) if store is not None else set()
         rows = RecordRows(store, checkpoint_every, 120.0, sketcher.dim if sketcher is not None else None)
         default_tokens, default_size = default_batching(scorer)
         max_tokens_per_batch = max_tokens_per_batch or default_tokens
         batch_size = batch_size or default_size
-        run = ScoringRun(scorer, reader, rows, shard=shard, done=done, extra=extra,
+        run = ScoringRun(scorer, reader, rows, index=index, plan=plan, done=done, extra=extra,
                          max_tokens_per_batch=max_tokens_per_batch, batch_size=batch_size, progress=progress)
         run.run()
         reader.require_records()
 
-        dist_barrier(shard)  # every rank's parts are written
+        dist_barrier(group)  # every rank's parts are written
         cols = store.load() if store is not None else concat(rows.chunks)
-        dist_barrier(shard)  # every rank has read them (rank 0 may delete them next)
+        dist_barrier(group)  # every rank has read them (rank 0 may delete them next)
         order = np.argsort(cols["ordinal"], kind="stable")
         cols = {k: v[order] for k, v in cols.items()}
         sketches = None
         if sketcher is not None:
             blocks = store.sketch_blocks if store is not None else rows.blocks
-            index = [cols.get(k, np.zeros(0, np.int64)) for k in SKETCH_INDEX]
-            sketches = SketchRows(blocks, *index, cols["sketch_scale"])
-        missing = sorted(set(range(reader.n_valid)) - set(cols["ordinal"].tolist()))
+            index_cols = [cols.get(k, np.zeros(0, np.int64)) for k in SKETCH_INDEX]
+            sketches = SketchRows(blocks, *index_cols, cols["sketch_scale"])
+        expected = plan.ordinals(index) if standalone else np.arange(reader.n_valid)
+        missing = sorted(set(expected.tolist()) - set(cols["ordinal"].tolist()))
         if missing:
             raise RuntimeError(f"{len(missing)} records have no result (first ordinals {missing[:5]}); "
                                "a process probably died: run the same command again to finish")
         info = {"seconds": run.seconds, "scored_tokens_this_run": run.n_tokens, "forward_tokens": run.forward_tokens,
                 "records_read": reader.n_valid, "complete": reader.complete, "pool_sha256": pool.get("sha256"),
                 "records_resumed": len(done), "max_length": scorer.chat.max_length, "topk": topk,
-                "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": shard.world,
-                "methods": list(wanted), "random_seed": random_seed, "model": type(model).__name__,
-                "corrupt_parts_redone": store.problems if store is not None else [],
+                "max_tokens_per_batch": max_tokens_per_batch, "packed": scorer.packed, "world_size": group.world,
+                "shard": [index, count], "methods": list(wanted), "random_seed": random_seed,
+                "model": type(model).__name__, "corrupt_parts_redone": store.problems if store is not None else [],
                 "sketch": sketcher.describe() if sketcher is not None else None, "compat": compat}
+        if standalone:
+            write_part(part, cols, settings, {**part_meta, "issues": [i.to_dict() for i in reader.issues],
+                                              "complete": reader.complete, "info": info})
         table = build_table(cols, topk, reader.issues, info, wanted, random_seed, sketches, exact_grad_norm, compat)
-        if save_sketches is not None and shard.rank == 0:
+        if save_sketches is not None and group.rank == 0:
             write_sketches(save_sketches, sketches, sketcher.dim, {**sketcher.describe(), "rows": len(table)})
     return table
 
 
-def _open_run_directory(run_dir, fingerprint: dict, shard: Shard, overwrite: bool) -> RunDirectory:
+def _work_shard(shard) -> tuple:
+    """(index, count, process group) of ``score``'s ``shard``: None (the whole pool), (i, n) (one shard in
+    this process alone) or a ``dist.Shard`` (a torchrun rank scores shard rank/world)."""
+    if shard is None:
+        return 0, 1, Shard()
+    if isinstance(shard, Shard):
+        return shard.rank, shard.world, shard
+    return (*parse_shard(shard), Shard())
+
+
+def _open_run_directory(run_dir, fingerprint: dict, group: Shard, overwrite: bool) -> RunDirectory:
     """Rank 0 creates (or checks) the run directory before the other ranks open it."""
-    if shard.rank == 0:
+    if group.rank == 0:
         store = RunDirectory(run_dir, fingerprint, 0, overwrite)
-    dist_barrier(shard)
-    if shard.rank != 0:
-        store = RunDirectory(run_dir, fingerprint, shard.rank, overwrite=False)
+    dist_barrier(group)
+    if group.rank != 0:
+        store = RunDirectory(run_dir, fingerprint, group.rank, overwrite=False)
     return store
 
 
