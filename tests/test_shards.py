@@ -150,3 +150,21 @@ def test_cli_shards_merge_and_refusals(model_dir, tmp_path, capsys):
     assert_same_table(ScoreTable.read(out), ScoreTable.read(tmp_path / "ref.parquet"))
     with pytest.raises(MergeError, match="no parts"):
         merge_parts([])
+
+
+def test_shards_in_compat_mode_merge_to_the_compat_table(tokenizer, tmp_path):
+    """The mode travels with the parts: merged compat shards equal the one-process compat table (rho and
+    g_hat on the top-50 Brier, not the exact one), and an exact part does not merge with them."""
+    model = tiny_llama(seed=4)
+    recs = pool_records(n_problems=5, seed=5)
+    ref = lark_fast.score(model, tokenizer, recs, progress=False, compat="published")
+    exact = lark_fast.score(model, tokenizer, recs, progress=False)
+    assert np.abs(ref["g_hat"] - exact["g_hat"]).max() > 1e-6  # the two modes differ on this pool
+    paths = [tmp_path / f"part-{i}.parquet" for i in range(2)]
+    for i, p in enumerate(paths):
+        lark_fast.score(model, tokenizer, recs, shard=(i, 2), part=p, progress=False, compat="published")
+    assert_same_table(merge_parts(paths), ref)
+    other = tmp_path / "exact-1.parquet"
+    lark_fast.score(model, tokenizer, recs, shard=(1, 2), part=other, progress=False)
+    with pytest.raises(MergeError, match="compat"):
+        merge_parts([paths[0], other])
