@@ -108,14 +108,19 @@ def verify_lm_head(model, head: LMHead, input_ids: torch.Tensor) -> torch.Tensor
     with capture_head_input(head, logits=True) as box:
         theirs = model(input_ids=ids, use_cache=False).logits.float()
     hidden = only_capture(model, box)
-    ours = head.logits(hidden)
+    check_head_logits(model, head.logits(hidden), theirs, hidden.dtype, "scores")
+    return hidden
+
+
+def check_head_logits(model, ours: torch.Tensor, theirs: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """Raises unless the head's logits ``ours`` equal the model's own ``theirs`` (computed in ``dtype``) to
+    1e-3 relative in fp32 (5e-2 otherwise); ``what`` the model's logits would be wrong for."""
     if ours.shape != theirs.shape:
         raise RuntimeError(f"{type(model).__name__}: the model's logits have shape {tuple(theirs.shape)}, "
                            f"its output embeddings give {tuple(ours.shape)}; unsupported LM head")
     err = (ours - theirs).abs().max().item()
-    tol = (1e-3 if hidden.dtype == torch.float32 else 5e-2) * max(1.0, theirs.abs().max().item())
+    tol = (1e-3 if dtype == torch.float32 else 5e-2) * max(1.0, theirs.abs().max().item())
     if not err <= tol:
         raise RuntimeError(f"{type(model).__name__}: logits from its output embeddings differ from the model's "
                            f"own by {err:.3g} (tolerance {tol:.3g}); the architecture transforms logits in a way "
-                           "lark_fast does not know (scale/soft-cap), so its scores would be wrong")
-    return hidden
+                           f"lark_fast does not know (scale/soft-cap), so its {what} would be wrong")

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from transformers import Trainer
 
 from .. import attention
-from ..head import LMHead, only_capture
+from ..head import LMHead, check_head_logits, only_capture
 from .collator import PackedCollator
 from .loss import weighted_sft_loss
 
@@ -97,15 +97,7 @@ class WeightedSFTTrainer(Trainer):
                                           logits=True) as box:
             theirs = model(input_ids=ids, use_cache=False).logits.float()
         ours, dtype = only_capture(model, box)
-        if ours.shape != theirs.shape:
-            raise RuntimeError(f"{type(model).__name__}: the model's logits have shape {tuple(theirs.shape)}, "
-                               f"its output embeddings give {tuple(ours.shape)}; unsupported LM head")
-        err = (ours - theirs).abs().max().item()
-        tol = (1e-3 if dtype == torch.float32 else 5e-2) * max(1.0, theirs.abs().max().item())
-        if not err <= tol:
-            raise RuntimeError(f"{type(model).__name__}: logits from its output embeddings differ from the model's "
-                               f"own by {err:.3g} (tolerance {tol:.3g}); the architecture transforms logits in a way "
-                               "lark_fast does not know (scale/soft-cap), so its loss would be wrong")
+        check_head_logits(model, ours, theirs, dtype, "loss")
         self._head_verified = True
 
     def training_step(self, model, inputs, num_items_in_batch=None):
