@@ -269,3 +269,16 @@ def test_fsdp2_gradients_equal_single_process(setup, two_processes):
         for name, p in model.named_parameters():
             err = (result["grads"][name] - p.grad).abs().max().item()
             assert err <= 1e-5 * p.grad.abs().max().item(), (wrap, name)
+
+
+def test_head_that_transforms_logits_is_refused(setup, tmp_path):
+    """A model whose logits are not its output embeddings' (here doubled by a hook) would get a wrong fused
+    loss: training and scoring stop, naming what would be wrong."""
+    tok, records, weights = setup
+    model = tiny_llama(vocab_size=len(tok))
+    model.get_output_embeddings().register_forward_hook(lambda _m, _a, out: 2 * out)
+    ds = WeightedSFTDataset(published(records, weights), tok)
+    with pytest.raises(RuntimeError, match="differ from the model's own.*loss would be wrong"):
+        make_trainer(model, ds, tmp_path).train()
+    with pytest.raises(RuntimeError, match="differ from the model's own.*scores would be wrong"):
+        lark_fast.score(model, tok, records, progress=False)
