@@ -114,18 +114,25 @@ class RunDirectory:
     def write_part(self, cols: dict, sketch: Optional[np.ndarray] = None) -> Path:
         """Writes one part; ``sketch`` (float16 [rows, dim], see ``quantize``) goes to its sidecar first."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
         table = pa.table({k: pa.array(np.asarray(cols[k]).tolist() if t is object else np.asarray(cols[k], dtype=t))
                           for k, t in COLUMNS.items()})
         meta = {CHECKSUM_KEY: checksum(cols, self.settings).encode(), SETTINGS_KEY: self.settings.encode()}
-        path = self.path / f"part-r{self.rank:03d}-{self._seq:06d}.parquet"
+        path = self.next_part()
         if sketch is not None:
             with atomic_write(self.sketch_path(path), "wb") as f:
                 np.save(f, np.ascontiguousarray(sketch, dtype=np.float16))
             meta[SKETCH_KEY] = file_sha256(self.sketch_path(path)).encode()
-        table = table.replace_schema_metadata(meta)
+        return self.commit_part(path, table, meta)
+
+    def next_part(self) -> Path:
+        """The path of this rank's next part."""
+        return self.path / f"part-r{self.rank:03d}-{self._seq:06d}.parquet"
+
+    def commit_part(self, path: Path, table, meta: dict) -> Path:
+        """Writes the part ``path`` (``next_part()``) in one rename, ``meta`` as its schema metadata."""
+        import pyarrow.parquet as pq
         with atomic_write(path, "wb") as f:
-            pq.write_table(table, f)
+            pq.write_table(table.replace_schema_metadata(meta), f)
         self._seq += 1
         return path
 

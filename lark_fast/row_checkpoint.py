@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 from .checkpoint import CHECKSUM_KEY, SETTINGS_KEY, RunDirectory
-from .table import atomic_write
 
 
 def content_digest(obj) -> str:
@@ -34,16 +33,10 @@ class RowCheckpoint(RunDirectory):
 
     def write_part(self, rows: list) -> Path:
         import pyarrow as pa
-        import pyarrow.parquet as pq
         lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]
-        table = pa.table({"row": pa.array(lines, pa.string())})
-        table = table.replace_schema_metadata({CHECKSUM_KEY: _digest(lines, self.settings).encode(),
-                                             SETTINGS_KEY: self.settings.encode()})
-        path = self.path / f"part-r{self.rank:03d}-{self._seq:06d}.parquet"
-        with atomic_write(path, "wb") as f:
-            pq.write_table(table, f)
-        self._seq += 1
-        return path
+        return self.commit_part(self.next_part(), pa.table({"row": pa.array(lines, pa.string())}),
+                                {CHECKSUM_KEY: _digest(lines, self.settings).encode(),
+                                 SETTINGS_KEY: self.settings.encode()})
 
     def read(self, path: Path) -> tuple:
         """(rows, settings) of a part, or (None, None) after deleting it when it is unreadable or corrupt."""
