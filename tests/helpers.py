@@ -176,6 +176,16 @@ def oracle_table(model, tokenizer, records, max_length=None):
     return out
 
 
+def assert_same_table(a, b):
+    """Same rows in the same order, every score within 1e-6."""
+    assert a.column_names == b.column_names
+    for k in a.column_names:
+        if a[k].dtype.kind == "f":
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+        else:
+            assert list(a[k]) == list(b[k]), k
+
+
 def assert_matches(table, ref, rtol=1e-5):
     assert np.array_equal(table["n_tokens"], ref["n_tokens"])
     assert np.array_equal(table["truncated"], ref["truncated"])

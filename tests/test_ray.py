@@ -2,9 +2,8 @@
 The oracle is the single-process table."""
 import os
 
-import numpy as np
 import pytest
-from helpers import make_records, run_cli, write_pool
+from helpers import assert_same_table, make_records, run_cli, write_pool
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs the extra: pip install 'lark_fast[ray]'")
 pytest.importorskip("ray.data", reason="the Ray engine needs Ray Data: pip install 'lark_fast[ray]'")
@@ -44,15 +43,6 @@ def pool(tmp_path_factory):
 def reference(model_dir, pool):
     model, tokenizer = load_student(str(model_dir), "cpu")
     return lark_fast.score(model, tokenizer, str(pool), progress=False, methods=["random"])
-
-
-def assert_same_table(a, b):
-    assert a.column_names == b.column_names
-    for k in a.column_names:
-        if a[k].dtype.kind == "f":
-            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
-        else:
-            assert list(a[k]) == list(b[k]), k
 
 
 class DiesMidway:

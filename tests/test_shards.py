@@ -5,7 +5,7 @@ import collections
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import make_records, tiny_llama, write_pool
+from helpers import assert_same_table, make_records, tiny_llama, write_pool
 
 import lark_fast
 from lark_fast import scoring
@@ -15,16 +15,6 @@ from lark_fast.shards import parse_shard, plan_shards, record_length
 from lark_fast.table import ScoreTable
 
 ALL_COLUMNS = ("L", "brier", "rho", "g_hat", "entropy", "rsr", "brier_top50", "global_naturalness", "topk_entropy")
-
-
-def assert_same_table(a, b):
-    """Same rows in the same order, every score within 1e-6."""
-    assert a.column_names == b.column_names
-    for k in a.column_names:
-        if a[k].dtype.kind == "f":
-            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
-        else:
-            assert list(a[k]) == list(b[k]), k
 
 
 def pool_records(n_problems=9, seed=3):
