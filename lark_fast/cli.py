@@ -6,13 +6,13 @@ end (the table has the records read before the break); 130 interrupted."""
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 from pathlib import Path
 
 from .methods import METHODS
 from .pool import ON_ERROR, PoolError
-from .report import manifest_path, report_issues, selection_summary, summarize_scores, utc_now, versions
+from .report import (manifest_path, report_issues, scores_manifest, selection_summary, summarize_scores, utc_now,
+                     versions)
 
 
 def cmd_score(args) -> int:
@@ -64,7 +64,6 @@ def cmd_score(args) -> int:
 def _score(args, shard, device, template, reader, run_dir, outputs, started) -> int:
     import shutil
 
-    from .fingerprint import file_sha256
     from .models import load_student, model_sha256
     from .scoring import score
     from .table import write_json
@@ -103,14 +102,9 @@ def _score(args, shard, device, template, reader, run_dir, outputs, started) -> 
             from .lark_json import to_lark_json
             write_json(outputs[1], to_lark_json(table, args.input, student_model=str(args.model),
                                                 vocab_size=model.get_output_embeddings().weight.shape[0]))
-        write_json(man, {"command": "score", "input": str(args.input), "output": [str(p) for p in outputs],
-                         "model": str(args.model), "complete": table.info["complete"],
-                         "started_at": started, "finished_at": utc_now(),
-                         "sha256": {**sha256, "outputs": {str(p): file_sha256(p) for p in outputs}},
-                         "options": {k: v for k, v in vars(args).items() if k not in ("func",)},
-                         "info": table.info, "issues": [i.to_dict() for i in table.issues],
-                         "status_counts": dict(collections.Counter(table["status"].tolist())),
-                         "versions": versions()})
+        write_json(man, scores_manifest("score", table, outputs, started, sha256, input=str(args.input),
+                                        model=str(args.model),
+                                        options={k: v for k, v in vars(args).items() if k != "func"}))
     except OSError as e:
         raise ValueError(f"cannot write {e.filename or args.output} ({e.strerror or e}); the scores are kept in "
                          f"{run_dir}: run the same command again once it can be written (nothing is scored "

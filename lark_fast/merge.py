@@ -69,7 +69,7 @@ def merge_parts(paths) -> ScoreTable:
 
 def cmd_merge(args) -> int:
     from .fingerprint import file_sha256
-    from .report import manifest_path, report_issues, summarize_scores, utc_now, versions
+    from .report import manifest_path, report_issues, scores_manifest, summarize_scores, utc_now
     from .table import check_output, remove_stale_temporaries, write_json
 
     started = utc_now()
@@ -80,12 +80,9 @@ def cmd_merge(args) -> int:
     table = merge_parts(args.parts)
     report_issues(table.issues)
     table.write(args.output)
-    write_json(man, {"command": "merge", "parts": [str(p) for p in args.parts], "output": str(args.output),
-                     "complete": table.info["complete"], "started_at": started, "finished_at": utc_now(),
-                     "sha256": {"parts": {str(p): file_sha256(p) for p in args.parts},
-                                "outputs": {str(args.output): file_sha256(args.output)}},
-                     "info": table.info, "status_counts": dict(collections.Counter(table["status"].tolist())),
-                     "versions": versions()})
+    write_json(man, scores_manifest("merge", table, [args.output], started,
+                                    {"parts": {str(p): file_sha256(p) for p in args.parts}},
+                                    parts=[str(p) for p in args.parts]))
     for line in summarize_scores(table):
         print(line)
     print(f"merged {len(args.parts)} parts ({len(table)} records); wrote {args.output}, {man}")

@@ -256,11 +256,9 @@ def _number_records(out, source: str, on_error: str) -> tuple:
 
 def cmd_score_ray(args, started: str) -> int:
     """``lark-fast score --engine ray``: the table and manifest of a local run, scored by Ray actors."""
-    import collections
     import shutil
 
-    from .fingerprint import file_sha256
-    from .report import manifest_path, report_issues, summarize_scores, utc_now, versions
+    from .report import manifest_path, report_issues, scores_manifest, summarize_scores
     from .table import check_output, remove_stale_temporaries, table_format, write_json
 
     unsupported = [flag for flag, given in (("--shard", args.shard), ("--sketch-dim", args.sketch_dim is not None),
@@ -295,12 +293,9 @@ def cmd_score_ray(args, started: str) -> int:
                           on_error=args.on_error, source=str(args.input), compat=args.compat)
     report_issues(table.issues)
     table.write(args.output)
-    write_json(man, {"command": "score", "engine": "ray", "input": str(args.input), "output": [str(args.output)],
-                     "model": str(args.model), "complete": True, "started_at": started, "finished_at": utc_now(),
-                     "sha256": {"outputs": {str(args.output): file_sha256(args.output)}},
-                     "options": {k: v for k, v in vars(args).items() if k != "func"}, "info": table.info,
-                     "issues": [i.to_dict() for i in table.issues],
-                     "status_counts": dict(collections.Counter(table["status"].tolist())), "versions": versions()})
+    write_json(man, scores_manifest("score", table, [args.output], started, engine="ray", input=str(args.input),
+                                    model=str(args.model),
+                                    options={k: v for k, v in vars(args).items() if k != "func"}))
     if not args.keep_parts:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     for line in summarize_scores(table):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -36,6 +37,18 @@ def versions() -> dict:
     from . import __version__
     return {"lark_fast": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
+
+
+def scores_manifest(command: str, table, outputs, started: str, sha256: Optional[dict] = None, **fields) -> dict:
+    """The manifest of a command that wrote a score table: ``fields`` (input, model, options, ...), the
+    times, the sha256 of ``sha256``'s inputs and of every output, the table's info, bad records and
+    status counts, and the versions."""
+    from .fingerprint import file_sha256
+    return {"command": command, **fields, "output": [str(p) for p in outputs], "complete": table.info["complete"],
+            "started_at": started, "finished_at": utc_now(),
+            "sha256": {**(sha256 or {}), "outputs": {str(p): file_sha256(p) for p in outputs}},
+            "info": table.info, "issues": [i.to_dict() for i in table.issues],
+            "status_counts": dict(collections.Counter(table["status"].tolist())), "versions": versions()}
 
 
 def report_issues(issues, out=None) -> None:

@@ -1,6 +1,7 @@
 """Shards as the unit of work: the plan, --shard parts, lark-fast merge (docs/method.md §11). The oracle is the
 single-process table."""
 import collections
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,6 +11,7 @@ from helpers import assert_same_table, make_records, tiny_llama, write_pool
 import lark_fast
 from lark_fast import scoring
 from lark_fast.cli import main
+from lark_fast.fingerprint import file_sha256
 from lark_fast.merge import MergeError, merge_parts
 from lark_fast.shards import parse_shard, plan_shards, record_length
 from lark_fast.table import ScoreTable
@@ -109,7 +111,10 @@ def test_cli_shards_merge_and_refusals(model_dir, tmp_path, capsys):
     out = tmp_path / "merged.parquet"
     assert main(["merge", *map(str, parts), "--output", str(out)]) == 0
     assert_same_table(ScoreTable.read(out), ScoreTable.read(tmp_path / "ref.parquet"))
-    assert (tmp_path / "merged.manifest.json").exists()
+    man = json.loads((tmp_path / "merged.manifest.json").read_text())
+    assert man["command"] == "merge" and man["parts"] == list(map(str, parts)) and man["output"] == [str(out)]
+    assert set(man["sha256"]["parts"]) == set(man["parts"]) and man["sha256"]["outputs"][str(out)] == file_sha256(out)
+    assert man["complete"] and man["status_counts"] == {"ok": len(ScoreTable.read(out))}
     capsys.readouterr()
 
     def refused(*paths):
